@@ -1,0 +1,61 @@
+# C-level RCU reader API for Cython code (map kernels, built-in programs).
+# The algorithm and the reasons for each memory order are in _epoch.pyx.
+from libc.stdint cimport uint64_t
+from shmrcu._layout cimport (control_header, worker_slot, shm_load_acquire, shm_load_relaxed,
+                             shm_store_release, shm_store_relaxed, shm_xchg_seq_cst,
+                             shm_compiler_barrier)
+
+# Go online / enter an outermost read-side section.  `fence` is 0 only for a
+# reader whose process registered for membarrier in a membarrier runtime.
+cdef inline void rcu_online(control_header* hdr, worker_slot* slot, bint fence) noexcept nogil:
+    # acquire: our later reads see everything published before the epoch we observe
+    cdef uint64_t e = shm_load_acquire(&hdr.global_epoch)
+    if fence:
+        # seq_cst xchg = store + full fence: the store must be visible to a
+        # synchronize() before we read any RCU-protected pointer (store->load order)
+        shm_xchg_seq_cst(&slot.ctr, e)
+    else:
+        # membarrier mode: synchronize's membarrier() supplies the fence on our CPU
+        shm_store_relaxed(&slot.ctr, e)
+        shm_compiler_barrier()
+
+# Leave the outermost section / go offline: we hold no references any more.
+cdef inline void rcu_offline(worker_slot* slot) noexcept nogil:
+    # release: our reads of protected data complete before the waiter sees 0 and frees
+    shm_store_release(&slot.ctr, 0)
+
+# QSBR quiescent state of an online reader: references from before are dropped.
+cdef inline void rcu_quiescent(control_header* hdr, worker_slot* slot) noexcept nogil:
+    # acquire: pairs with synchronize's seq_cst increment, so reads after this
+    # point see whatever was unpublished before that epoch began
+    cdef uint64_t e = shm_load_acquire(&hdr.global_epoch)
+    # relaxed: only this reader writes its own ctr
+    if shm_load_relaxed(&slot.ctr) != e:
+        # release: our earlier reads complete before a waiter sees the new epoch
+        shm_store_release(&slot.ctr, e)
+
+cdef class ControlBlock:
+    cdef control_header* hdr
+    cdef worker_slot* slots
+    cdef object mapping          # keeps the mmap alive
+    cdef int check_fd            # runtime's own OFD: probes other owners' slot locks
+    cdef int wait(self, uint64_t target, double timeout) except -1
+    cdef bint reclaim_if_dead(self, int index) noexcept nogil
+    cdef int _try_claim(self, int lock_fd, int worker_id) except -2
+    cdef bint _membarrier(self)
+    cdef void _complete(self, uint64_t token, uint64_t waited_ns) noexcept nogil
+    cdef int _wait_slots(self, uint64_t token, uint64_t t0, uint64_t deadline) noexcept nogil
+
+cdef class Reader:
+    cdef control_header* hdr
+    cdef worker_slot* slot
+    cdef readonly int index
+    cdef readonly int depth       # nesting depth of explicit sections (process-local)
+    cdef bint qsbr_online
+    cdef bint fence
+    cdef int lock_fd
+    cdef readonly bint closed
+    cdef ControlBlock control
+    cdef object __weakref__
+    cdef void enter(self) noexcept nogil
+    cdef void exit(self) noexcept nogil

@@ -1,0 +1,8 @@
+# A raw mmap of a shared-memory file descriptor, owned by Python code but
+# addressable from nogil Cython (``addr``).  munmap happens in close(), never
+# behind the caller's back, which is what makes the freed-memory barrier exact.
+cdef class Mapping:
+    cdef char* addr
+    cdef readonly size_t size
+    cdef readonly bint writable
+    cdef readonly bint closed

@@ -1,0 +1,223 @@
+"""A runtime: one control segment plus the maps that belong to it.
+
+``Runtime.create`` makes ``/shmrcu.<name>.ctl``; any process may
+``Runtime.attach`` it, register readers and wait for grace periods.
+"""
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+from . import segment as seg
+from ._epoch import SECTIONS_FENCE, SECTIONS_MEMBARRIER, ControlBlock, Reader, membarrier_register
+from .errors import CorruptSegment, ReaderClosed, RuntimeExists, RuntimeNotFound, ShmrcuError
+
+_SECTIONS = {"fence": SECTIONS_FENCE, "membarrier": SECTIONS_MEMBARRIER}
+MAX_WORKERS_LIMIT = 4096
+
+
+class Runtime:
+    """A shmrcu runtime seen from this process.
+
+    Example::
+
+        with shmrcu.Runtime.create("net") as rt:      # destroyed on exit
+            with rt.reader() as r, r.section():
+                ...
+            rt.synchronize(timeout=1.0)
+    """
+
+    def __init__(self, name: str, segment: seg.Segment, control: ControlBlock, created: bool):
+        self.name = name
+        self._segment = segment
+        self._control = control
+        self._created = created
+        self._readers: weakref.WeakSet[Reader] = weakref.WeakSet()
+        self._current: weakref.ref[Reader] | None = None
+        self._closed = False
+        self._pid = os.getpid()
+        self._map_cache: dict[int, Any] = {}   # id -> opened map (maps layer)
+
+    # -- lifecycle -----------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, *, max_workers: int = 64, mode: int = 0o600,
+               sections: str = "fence") -> "Runtime":
+        """Create runtime ``name`` (``RuntimeExists`` if it is already there)."""
+        seg.validate_name(name)
+        if not isinstance(max_workers, int) or not 1 <= max_workers <= MAX_WORKERS_LIMIT:
+            raise ValueError(f"max_workers must be an int in 1..{MAX_WORKERS_LIMIT}, got {max_workers!r}")
+        if sections not in _SECTIONS:
+            raise ValueError(f"sections must be one of {sorted(_SECTIONS)}, got {sections!r}")
+        if not isinstance(mode, int) or mode & ~0o777:
+            raise ValueError(f"mode must be permission bits like 0o600, got {mode!r}")
+        sections_mode = _SECTIONS[sections]
+        if sections_mode == SECTIONS_MEMBARRIER and not membarrier_register():
+            sections_mode = SECTIONS_FENCE   # no usable membarrier here: readers fence
+        name_ctl = seg.shm_name(name, "ctl")
+        try:
+            segment = seg.Segment.create(name_ctl, ControlBlock.segment_size(max_workers), mode)
+        except FileExistsError:
+            raise RuntimeExists(f"runtime {name!r} already exists ({seg.SHM_DIR}{name_ctl}); "
+                                f"attach to it, or remove it with `shmrcu cleanup {name}`") from None
+        try:
+            control = ControlBlock(segment.mapping, segment.fd)
+            control.initialize(name, max_workers, sections_mode, mode)
+        except BaseException:
+            segment.close()
+            segment.unlink()
+            raise
+        return cls(name, segment, control, created=True)
+
+    @classmethod
+    def attach(cls, name: str) -> "Runtime":
+        """Open an existing runtime (``RuntimeNotFound`` if missing)."""
+        seg.validate_name(name)
+        name_ctl = seg.shm_name(name, "ctl")
+        try:
+            segment = seg.Segment.open(name_ctl)
+        except FileNotFoundError:
+            raise RuntimeNotFound(f"runtime {name!r} not found: no {seg.SHM_DIR}{name_ctl} "
+                                  "(is its controller running? `shmrcu list` shows runtimes)") from None
+        try:
+            if segment.mapping is None:
+                raise CorruptSegment(f"control segment of runtime {name!r} is truncated: 0 bytes")
+            control = ControlBlock(segment.mapping, segment.fd)
+            control.validate(name)
+        except BaseException:
+            segment.close()
+            raise
+        return cls(name, segment, control, created=False)
+
+    def close(self) -> None:
+        """Detach: close this process's readers and unmap.  Idempotent."""
+        if self._closed:
+            return
+        for r in list(self._readers):
+            r.close()
+        for m in list(self._map_cache.values()):
+            close = getattr(m, "_close_mapping", None)
+            if close is not None:
+                close()
+        self._map_cache.clear()
+        self._closed = True
+        self._segment.close()
+
+    def destroy(self) -> list[str]:
+        """Unlink every segment of this runtime (the controller's job); returns their names."""
+        if not self.is_controller:
+            raise ShmrcuError(f"only the controller of runtime {self.name!r} may destroy it")
+        self.close()
+        removed = [n for n in seg.runtime_segments(self.name) if seg.unlink(n)]
+        return removed
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._created and os.getpid() == self._pid:
+            self.destroy()
+        else:
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"epoch={self._control.global_epoch}"
+        return f"<shmrcu.Runtime {self.name!r} {state}>"
+
+    # -- facts ---------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ReaderClosed(f"runtime {self.name!r} is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def is_controller(self) -> bool:
+        return self._created
+
+    @property
+    def max_workers(self) -> int:
+        return self._control.max_workers
+
+    @property
+    def mode(self) -> int:
+        return self._control.mode
+
+    @property
+    def sections(self) -> str:
+        return "membarrier" if self._control.sections_mode == SECTIONS_MEMBARRIER else "fence"
+
+    def stats(self) -> dict:
+        """Epochs, grace-period counts and latencies, reclaimed slots."""
+        self._check_open()
+        return self._control.stats()
+
+    def readers_info(self) -> list[dict]:
+        """One snapshot per registered reader (slot, pid, epoch, lag, counters, alive)."""
+        self._check_open()
+        return self._control.readers()
+
+    # -- readers -------------------------------------------------------------
+    def reader(self, worker_id: int = -1) -> Reader:
+        """Register a reader (a worker slot); ``NoFreeSlot`` when all are taken."""
+        self._check_open()
+        lock_fd = self._segment.reopen_fd()   # its own OFD: the slot lock dies with us
+        try:
+            r = Reader(self._control, lock_fd, worker_id)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        self._readers.add(r)
+        self._current = weakref.ref(r)
+        return r
+
+    @property
+    def current_reader(self) -> Reader | None:
+        """The reader most recently registered in this process and still open."""
+        r = self._current() if self._current is not None else None
+        if r is not None and not r.closed:
+            return r
+        live = [x for x in self._readers if not x.closed]
+        return live[-1] if live else None
+
+    # -- grace periods -------------------------------------------------------
+    def synchronize(self, timeout: float | None = None) -> None:
+        """Wait until every reader has passed a quiescent state (or is offline)."""
+        self._check_open()
+        self._control.synchronize(timeout)
+
+    def start_grace_period(self) -> int:
+        """Start a grace period without waiting; returns its token."""
+        self._check_open()
+        return self._control.start_grace_period()
+
+    def poll_grace_period(self, token: int) -> bool:
+        """True once the grace period ``token`` has elapsed; never blocks."""
+        self._check_open()
+        return self._control.poll_grace_period(token)
+
+    def wait_grace_period(self, token: int, timeout: float | None = None) -> None:
+        """Block until grace period ``token`` has elapsed."""
+        self._check_open()
+        self._control.wait_grace_period(token, timeout)
+
+    # -- maps (the maps layer does the work) ---------------------------------
+    def create_map(self, kind: str, **spec: Any):
+        """Create a map; see ``shmrcu.maps.create_map``."""
+        from . import maps
+        self._check_open()
+        return maps.create_map(self, kind, **spec)
+
+    def map(self, name_or_id: str | int):
+        """Open a map by name or id."""
+        from . import maps
+        self._check_open()
+        return maps.open_map(self, name_or_id)
+
+    def maps(self) -> list[dict]:
+        """Describe every map of the runtime."""
+        from . import maps
+        self._check_open()
+        return maps.list_maps(self)

@@ -1,0 +1,127 @@
+"""POSIX shared-memory segments: naming, creation, opening, unlinking.
+
+Every segment of runtime ``net`` is ``/shmrcu.net.<part>`` (``ctl`` for the
+control segment, ``map.<id>`` for maps), so a runtime's segments can always be
+found -- and removed -- by listing ``/dev/shm``.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import posix_ipc
+
+from ._segment import Mapping
+
+SHM_DIR = "/dev/shm"
+PREFIX = "shmrcu."
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+NAME_RULE = "1-64 characters of [A-Za-z0-9_.-]"
+
+
+def validate_name(name: object, what: str = "runtime name") -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"invalid {what} {name!r}: must be {NAME_RULE}")
+    return name
+
+
+def shm_name(runtime: str, part: str) -> str:
+    """The POSIX name (with leading slash) of one segment of ``runtime``."""
+    return f"/{PREFIX}{runtime}.{part}"
+
+
+def runtime_segments(runtime: str) -> list[str]:
+    """POSIX names of every segment that belongs to ``runtime`` (control last)."""
+    prefix = f"{PREFIX}{runtime}."
+    try:
+        names = [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
+    except FileNotFoundError:
+        return []
+    # A runtime called "a" must not claim "a.b"'s segments: the part after the
+    # prefix is "ctl" or "map.<digits>" (or other parts named by later layers
+    # that never contain another runtime's ".ctl").
+    own = [n for n in names if _belongs(n[len(prefix):])]
+    own.sort(key=lambda n: n.endswith(".ctl"))
+    return ["/" + n for n in own]
+
+
+def _belongs(part: str) -> bool:
+    head = part.split(".", 1)[0]
+    return head in ("ctl", "map", "dir") and (head != "map" or part[4:].isdigit())
+
+
+def unlink(name: str) -> bool:
+    """Unlink a segment; False when it was already gone."""
+    try:
+        posix_ipc.unlink_shared_memory(name)
+        return True
+    except posix_ipc.ExistentialError:
+        return False
+
+
+class Segment:
+    """An open POSIX shared-memory segment and its mapping.
+
+    ``fd`` stays open for the segment's life: the runtime's OFD locks live on
+    it, and ``fstat`` tells the real size when validating a header."""
+
+    def __init__(self, shm: posix_ipc.SharedMemory, name: str, writable: bool):
+        self._shm = shm
+        self.name = name
+        self.size = os.fstat(shm.fd).st_size
+        self.writable = writable
+        self.mapping: Mapping | None = Mapping(shm.fd, self.size, writable) if self.size else None
+
+    @classmethod
+    def create(cls, name: str, size: int, mode: int = 0o600) -> "Segment":
+        """Create exclusively (FileExistsError if present) and size it."""
+        try:
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=size)
+        except posix_ipc.ExistentialError as e:
+            raise FileExistsError(f"shared-memory segment {name} already exists") from e
+        except OSError:
+            # ftruncate can fail for lack of /dev/shm space: do not leave the name behind
+            unlink(name)
+            raise
+        try:
+            os.fchmod(shm.fd, mode)  # shm_open applies the umask; the runtime's mode is exact
+            return cls(shm, name, True)
+        except BaseException:
+            shm.close_fd()
+            unlink(name)
+            raise
+
+    @classmethod
+    def open(cls, name: str, writable: bool = True) -> "Segment":
+        flags = 0
+        try:
+            shm = posix_ipc.SharedMemory(name, flags, read_only=not writable)
+        except posix_ipc.ExistentialError as e:
+            raise FileNotFoundError(f"shared-memory segment {name} does not exist") from e
+        except posix_ipc.PermissionsError as e:
+            raise PermissionError(f"no permission to open shared-memory segment {name}") from e
+        try:
+            return cls(shm, name, writable)
+        except BaseException:
+            shm.close_fd()
+            raise
+
+    @property
+    def fd(self) -> int:
+        return self._shm.fd
+
+    def reopen_fd(self) -> int:
+        """A new descriptor (a new open file description) of the same segment.
+
+        OFD locks taken through it belong to it alone; close it with os.close."""
+        return os.open(os.path.join(SHM_DIR, self.name.lstrip("/")), os.O_RDWR | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self.mapping is not None:
+            self.mapping.close()
+            self.mapping = None
+        if self._shm is not None and self._shm.fd >= 0:
+            self._shm.close_fd()
+
+    def unlink(self) -> bool:
+        return unlink(self.name)
