@@ -47,7 +47,7 @@ def runtime_segments(runtime: str) -> list[str]:
 
 def _belongs(part: str) -> bool:
     head = part.split(".", 1)[0]
-    return head in ("ctl", "map", "dir") and (head != "map" or part[4:].isdigit())
+    return head in ("ctl", "map", "dir", "torture") and (head != "map" or part[4:].isdigit())
 
 
 def unlink(name: str) -> bool:

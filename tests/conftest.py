@@ -1,0 +1,88 @@
+"""Shared fixtures: unique runtime names, and proof that no test leaks segments."""
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+
+import pytest
+
+from shmrcu import segment as seg
+
+_counter = itertools.count()
+TEST_PREFIX = f"pt{os.getpid()}-"
+
+
+def _segments(prefix: str) -> list[str]:
+    return sorted(n for n in os.listdir(seg.SHM_DIR) if n.startswith(seg.PREFIX + prefix))
+
+
+@pytest.fixture
+def rt_name(request):
+    """A runtime name unique to this test; fails the test if it leaves segments."""
+    name = f"{TEST_PREFIX}{next(_counter)}"
+    yield name
+    leaked = _segments(name + ".")
+    for n in leaked:
+        seg.unlink("/" + n)
+    if leaked and not (hasattr(request.node, "rep_call") and request.node.rep_call.failed):
+        pytest.fail(f"test left shared-memory segments behind: {leaked}")
+
+
+@pytest.fixture
+def runtime(rt_name):
+    import shmrcu
+    rt = shmrcu.Runtime.create(rt_name, max_workers=8)
+    try:
+        yield rt
+    finally:
+        if not rt.closed:
+            rt.destroy()
+        else:
+            for n in seg.runtime_segments(rt_name):
+                seg.unlink(n)
+
+
+class Procs:
+    """Starts real processes ('spawn' context) and always reaps them."""
+
+    def __init__(self):
+        self.ctx = mp.get_context("spawn")
+        self.started: list = []
+
+    def start(self, target, *args):
+        p = self.ctx.Process(target=target, args=args, daemon=True)
+        p.start()
+        self.started.append(p)
+        return p
+
+    def reap(self):
+        for p in self.started:
+            if p.is_alive():
+                p.kill()
+            p.join(10)
+
+
+@pytest.fixture
+def procs():
+    helper = Procs()
+    try:
+        yield helper
+    finally:
+        helper.reap()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    left = _segments(TEST_PREFIX)
+    for n in left:
+        seg.unlink("/" + n)
+    if left:
+        print(f"\nshmrcu tests leaked segments: {left}")
+        session.exitstatus = 1
