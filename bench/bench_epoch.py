@@ -1,0 +1,85 @@
+"""RCU core costs (issue 2).
+
+    pytest bench/bench_epoch.py --benchmark-enable -s
+
+Reports, as medians on this machine: quiescent() and section enter+exit in a
+nogil loop (ns/op), and rt.synchronize() latency p50/p99 from Python with one
+reader process busy on the other core, next to the kernel's own grace period
+(membarrier(MEMBARRIER_CMD_GLOBAL)) timed in the same run.
+"""
+import multiprocessing as mp
+import statistics
+import time
+
+import pytest
+
+import shmrcu
+from shmrcu import _bench, _epoch
+
+import _bench_procs
+
+LOOP = 20_000_000
+
+
+def per_op(benchmark, fn, n):
+    samples = []
+
+    def run():
+        samples.append(fn(n) / n)
+    benchmark.pedantic(run, rounds=15, iterations=1, warmup_rounds=2)
+    ns = statistics.median(samples)
+    benchmark.extra_info["ns_per_op_median"] = round(ns, 3)
+    print(f"\n  {benchmark.name}: median {ns:.3f} ns/op over {len(samples)} rounds of {n:,}")
+    return ns
+
+
+def test_quiescent_nogil(benchmark, rt_name):
+    with shmrcu.Runtime.create(rt_name) as rt, rt.reader() as r:
+        per_op(benchmark, lambda n: _bench.quiescent_loop(r, n), LOOP)
+
+
+@pytest.mark.parametrize("sections", ["fence", "membarrier"])
+def test_section_enter_exit_nogil(benchmark, rt_name, sections):
+    with shmrcu.Runtime.create(rt_name, sections=sections) as rt, rt.reader() as r:
+        assert rt.sections == sections, "membarrier unavailable on this kernel"
+        per_op(benchmark, lambda n: _bench.section_loop(r, n), LOOP // 4)
+
+
+def percentiles(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2], xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+
+
+@pytest.mark.parametrize("style", ["sections", "qsbr"])
+def test_synchronize_with_busy_reader(benchmark, rt_name, style):
+    ctx = mp.get_context("spawn")
+    stop, ready = ctx.RawArray("B", 1), ctx.Event()
+    with shmrcu.Runtime.create(rt_name) as rt:
+        p = ctx.Process(target=_bench_procs.busy_reader, args=(rt_name, stop, ready, style == "qsbr", 200))
+        p.start()
+        try:
+            assert ready.wait(30)
+            time.sleep(0.2)
+            lat = []
+            clock = time.perf_counter_ns
+
+            def one():
+                t0 = clock()
+                rt.synchronize(timeout=5)
+                lat.append(clock() - t0)
+            benchmark.pedantic(one, rounds=20000, iterations=1, warmup_rounds=100)
+            kern = []
+            for _ in range(200):
+                t0 = clock()
+                _epoch.kernel_synchronize_rcu()
+                kern.append(clock() - t0)
+        finally:
+            stop[0] = 1
+            p.join(10)
+    p50, p99 = percentiles(lat)
+    k50, k99 = percentiles(kern)
+    benchmark.extra_info.update(p50_us=p50 / 1e3, p99_us=p99 / 1e3, kernel_gp_p50_us=k50 / 1e3,
+                                kernel_gp_p99_us=k99 / 1e3, kernel_over_shmrcu=k50 / p50)
+    print(f"\n  synchronize ({style} reader busy): p50 {p50/1e3:.2f} us  p99 {p99/1e3:.2f} us | "
+          f"kernel membarrier(GLOBAL): p50 {k50/1e3:.0f} us  p99 {k99/1e3:.0f} us | "
+          f"ratio kernel/shmrcu p50 = {k50/p50:,.0f}x")
