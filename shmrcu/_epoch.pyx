@@ -638,6 +638,11 @@ cdef class Reader:
         shm_store_relaxed(&self.slot.batches, self.slot.batches + batches)
         shm_store_relaxed(&self.slot.last_advance_ns, shm_monotonic_ns())
 
+    def mark_freed_seen(self, uint64_t generation):
+        """Tell the controller's barrier this process dropped maps freed up to ``generation``."""
+        # release: our munmap()s happen before the barrier sees the new generation
+        shm_store_release(&self.slot.freed_seen, generation)
+
     @property
     def slot_index(self):
         return self.index

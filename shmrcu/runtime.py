@@ -38,6 +38,7 @@ class Runtime:
         self._closed = False
         self._pid = os.getpid()
         self._map_cache: dict[int, Any] = {}   # id -> opened map (maps layer)
+        self._freed_seen = control.freed_generation
 
     # -- lifecycle -----------------------------------------------------------
     @classmethod
@@ -181,6 +182,19 @@ class Runtime:
             return r
         live = [x for x in self._readers if not x.closed]
         return live[-1] if live else None
+
+    def housekeeping(self, reader: Reader | None = None) -> None:
+        """Call at a quiescent point (outside sections): drop mappings of freed maps.
+
+        Costs one atomic load when no map was freed since the last call."""
+        gen = self._control.freed_generation
+        if gen == self._freed_seen:
+            return
+        from . import maps
+        maps.drop_freed(self)
+        self._freed_seen = gen
+        if reader is not None:
+            reader.mark_freed_seen(gen)
 
     # -- grace periods -------------------------------------------------------
     def synchronize(self, timeout: float | None = None) -> None:
