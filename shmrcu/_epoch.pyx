@@ -293,6 +293,8 @@ cdef class ControlBlock:
             "online": ctr != 0, "epoch_lag": (g - ctr) if ctr else 0,
             "events": s.events, "batches": s.batches, "quiescent_states": s.quiescent_states,
             "last_advance_ns": s.last_advance_ns, "restarts": s.restarts,
+            # acquire: pairs with mark_freed_seen's release (the munmaps came first)
+            "freed_seen": shm_load_acquire(&s.freed_seen),
             "alive": shm_ofd_held(self.check_fd, SHMRCU_LOCK_SLOT_BASE + index) == 1,
         }
 
@@ -304,6 +306,30 @@ cdef class ControlBlock:
             raise ReaderClosed("control block not validated")
         if not 0 <= index < <int>self.hdr.max_workers:
             raise IndexError(f"slot {index} out of range 0..{self.hdr.max_workers - 1}")
+
+    # -- controller lease ------------------------------------------------------
+    def try_lease(self):
+        """Take the controller lease (an OFD lock the kernel drops at our death).
+
+        Returns 0 on success, else the pid recorded by the current holder."""
+        cdef int r = shm_ofd_lock(self.check_fd, SHMRCU_LOCK_CONTROLLER)
+        if r == 0:
+            # relaxed: informational; the lock itself is the lease
+            shm_store_relaxed(&self.hdr.controller_pid, getpid())
+            # relaxed: counts takeovers, read for statistics only
+            shm_fetch_add_relaxed(&self.hdr.controller_epoch, 1)
+            return 0
+        if r in (-11, -13):   # EAGAIN / EACCES: someone else holds it
+            return shm_load_relaxed(&self.hdr.controller_pid) or -1
+        raise OSError(-r, "controller lease: " + os.strerror(-r))
+
+    def release_lease(self):
+        shm_store_relaxed(&self.hdr.controller_pid, 0)
+        shm_ofd_unlock(self.check_fd, SHMRCU_LOCK_CONTROLLER)
+
+    def controller_alive(self):
+        """True if some open file description holds the controller lease."""
+        return shm_ofd_held(self.check_fd, SHMRCU_LOCK_CONTROLLER) == 1
 
     # -- slots ---------------------------------------------------------------
     def claim_slot(self, int lock_fd, int worker_id=-1):

@@ -38,6 +38,16 @@ class CorruptSegment(ShmrcuError, ValueError):
     errno = _errno.EINVAL
 
 
+class ControllerBusy(ShmrcuError, RuntimeError):
+    """Another live process holds the runtime's controller lease."""
+
+    errno = _errno.EBUSY
+
+    def __init__(self, message: str, pid: int = 0):
+        super().__init__(message)
+        self.pid = pid
+
+
 class NoFreeSlot(ShmrcuError, RuntimeError):
     """Every worker slot of the runtime is taken."""
 
@@ -75,3 +85,84 @@ class GracePeriodTimeout(ShmrcuError, TimeoutError):
         if self.stalled:
             message += ": " + "; ".join(str(s) for s in self.stalled)
         super().__init__(message, errno=errno)
+
+
+# --- maps ------------------------------------------------------------------
+# Each carries the errno a bpf(2) map command would return for the same case.
+
+class KeyNotFound(ShmrcuError, KeyError):
+    """The key is not in the map (BPF: ENOENT).  ``str()`` is the key, as KeyError's."""
+
+    errno = _errno.ENOENT
+
+
+class KeyExists(ShmrcuError, ValueError):
+    """``update(..., flags=NOEXIST)`` on a key that is present (BPF: EEXIST)."""
+
+    errno = _errno.EEXIST
+
+
+class MapFull(ShmrcuError, RuntimeError):
+    """A hash map already holds ``max_entries`` keys (BPF: E2BIG)."""
+
+    errno = _errno.E2BIG
+
+
+class IndexOutOfRange(ShmrcuError, IndexError):
+    """An array index is ``>= max_entries`` (BPF: E2BIG)."""
+
+    errno = _errno.E2BIG
+
+
+class ReadOnlyMap(ShmrcuError, PermissionError):
+    """A write to a ``worker_readonly`` map from a process that is not the controller (EPERM)."""
+
+    errno = _errno.EPERM
+
+
+class MapClosed(ShmrcuError, RuntimeError):
+    """The map handle is unusable: the map was freed, or this process unmapped it (EBADF)."""
+
+    errno = _errno.EBADF
+
+
+class MapNotFound(ShmrcuError, KeyError):
+    """No map of that name or id in the runtime's directory (ENOENT)."""
+
+    errno = _errno.ENOENT
+
+
+class MapExists(ShmrcuError, FileExistsError):
+    """A map of that name already exists in the runtime (EEXIST)."""
+
+    errno = _errno.EEXIST
+
+
+class InvalidMapSpec(ShmrcuError, ValueError):
+    """``create_map`` arguments are wrong: kind, formats, sizes, nesting (EINVAL or E2BIG)."""
+
+    errno = _errno.EINVAL
+
+
+class TemplateMismatch(ShmrcuError, ValueError):
+    """An inner map does not match its outer map's template (BPF: EINVAL)."""
+
+    errno = _errno.EINVAL
+
+
+class UnsupportedOperation(ShmrcuError, TypeError):
+    """The operation does not exist for this kind of map, e.g. deleting from an array (EINVAL)."""
+
+    errno = _errno.EINVAL
+
+
+class MapInUse(ShmrcuError, RuntimeError):
+    """The map is still referenced (by an outer slot) where that is not allowed."""
+
+    errno = _errno.EBUSY
+
+
+class OutOfSharedMemory(ShmrcuError, OSError):
+    """/dev/shm has no room for a new segment."""
+
+    errno = _errno.ENOSPC

@@ -5,16 +5,20 @@
 """
 from __future__ import annotations
 
+import errno
 import os
+import threading
 import weakref
 from typing import Any
 
 from . import segment as seg
 from ._epoch import SECTIONS_FENCE, SECTIONS_MEMBARRIER, ControlBlock, Reader, membarrier_register
-from .errors import CorruptSegment, ReaderClosed, RuntimeExists, RuntimeNotFound, ShmrcuError
+from .errors import (ControllerBusy, CorruptSegment, OutOfSharedMemory, ReaderClosed, RuntimeExists,
+                     RuntimeNotFound, ShmrcuError)
 
 _SECTIONS = {"fence": SECTIONS_FENCE, "membarrier": SECTIONS_MEMBARRIER}
 MAX_WORKERS_LIMIT = 4096
+HOUSEKEEPING_S = 0.01        # idle processes drop freed maps within ~10 ms
 
 
 class Runtime:
@@ -33,12 +37,16 @@ class Runtime:
         self._segment = segment
         self._control = control
         self._created = created
+        self._controller = None      # a controller.Controller while we hold the lease
         self._readers: weakref.WeakSet[Reader] = weakref.WeakSet()
         self._current: weakref.ref[Reader] | None = None
         self._closed = False
         self._pid = os.getpid()
         self._map_cache: dict[int, Any] = {}   # id -> opened map (maps layer)
         self._freed_seen = control.freed_generation
+        self._housekeeper_stop = threading.Event()
+        threading.Thread(target=self._housekeeper, args=(self._housekeeper_stop,),
+                         name=f"shmrcu-housekeeper-{name}", daemon=True).start()
 
     # -- lifecycle -----------------------------------------------------------
     @classmethod
@@ -68,11 +76,21 @@ class Runtime:
             segment.close()
             segment.unlink()
             raise
-        return cls(name, segment, control, created=True)
+        rt = cls(name, segment, control, created=True)
+        try:
+            rt.take_control()
+        except BaseException:
+            rt.close()
+            seg.unlink(name_ctl)
+            raise
+        return rt
 
     @classmethod
-    def attach(cls, name: str) -> "Runtime":
-        """Open an existing runtime (``RuntimeNotFound`` if missing)."""
+    def attach(cls, name: str, *, controller: bool = False) -> "Runtime":
+        """Open an existing runtime (``RuntimeNotFound`` if missing).
+
+        ``controller=True`` also takes the controller lease (``ControllerBusy``
+        if a live process holds it) and completes frees a dead controller left."""
         seg.validate_name(name)
         name_ctl = seg.shm_name(name, "ctl")
         try:
@@ -88,12 +106,49 @@ class Runtime:
         except BaseException:
             segment.close()
             raise
-        return cls(name, segment, control, created=False)
+        rt = cls(name, segment, control, created=False)
+        if controller:
+            try:
+                rt.take_control()
+            except BaseException:
+                rt.close()
+                raise
+        return rt
+
+    # -- the controller lease ----------------------------------------------------
+    def take_control(self) -> None:
+        """Become this runtime's controller (``ControllerBusy`` names a live holder)."""
+        self._check_open()
+        if self._controller is not None:
+            return
+        holder = self._control.try_lease()
+        if holder:
+            raise ControllerBusy(f"runtime {self.name!r} already has a controller (pid {holder}); "
+                                 "only one process may control a runtime at a time", pid=holder)
+        from .controller import Controller
+        self._controller = Controller(self)
+
+    def release_control(self) -> None:
+        """Give the lease up (another process may then take control)."""
+        if self._controller is not None:
+            self._controller.shutdown()
+            self._controller = None
+            self._control.release_lease()
+
+    @property
+    def controller(self):
+        """The Controller while this process holds the lease; else ``ControllerBusy``/error."""
+        if self._controller is None:
+            raise ShmrcuError(f"this process is not the controller of runtime {self.name!r}: "
+                              "use Runtime.attach(name, controller=True)")
+        return self._controller
 
     def close(self) -> None:
         """Detach: close this process's readers and unmap.  Idempotent."""
         if self._closed:
             return
+        self.release_control()
+        self._housekeeper_stop.set()
         for r in list(self._readers):
             r.close()
         for m in list(self._map_cache.values()):
@@ -107,7 +162,8 @@ class Runtime:
     def destroy(self) -> list[str]:
         """Unlink every segment of this runtime (the controller's job); returns their names."""
         if not self.is_controller:
-            raise ShmrcuError(f"only the controller of runtime {self.name!r} may destroy it")
+            raise ShmrcuError(f"only the controller of runtime {self.name!r} may destroy it "
+                              "(Runtime.attach(name, controller=True) takes control)")
         self.close()
         removed = [n for n in seg.runtime_segments(self.name) if seg.unlink(n)]
         return removed
@@ -116,7 +172,7 @@ class Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._created and os.getpid() == self._pid:
+        if self._created and self.is_controller and os.getpid() == self._pid:
             self.destroy()
         else:
             self.close()
@@ -136,7 +192,7 @@ class Runtime:
 
     @property
     def is_controller(self) -> bool:
-        return self._created
+        return self._controller is not None
 
     @property
     def max_workers(self) -> int:
@@ -186,15 +242,33 @@ class Runtime:
     def housekeeping(self, reader: Reader | None = None) -> None:
         """Call at a quiescent point (outside sections): drop mappings of freed maps.
 
-        Costs one atomic load when no map was freed since the last call."""
+        Costs one atomic load when no map was freed since the last call.  Then
+        every reader of this Runtime records that this process unmapped them,
+        which is what ``barrier()`` waits for."""
         gen = self._control.freed_generation
         if gen == self._freed_seen:
             return
         from . import maps
         maps.drop_freed(self)
         self._freed_seen = gen
-        if reader is not None:
-            reader.mark_freed_seen(gen)
+        for r in list(self._readers):
+            if not r.closed:
+                r.mark_freed_seen(gen)
+
+    def _housekeeper(self, stop: threading.Event) -> None:
+        """Background: when every reader here is offline, drop freed maps (idle processes
+        must not hold the barrier); online readers do it at their quiescent points."""
+        while not stop.wait(HOUSEKEEPING_S):
+            try:
+                if self._closed:
+                    return
+                if self._control.freed_generation != self._freed_seen and \
+                        not any(r.is_online for r in list(self._readers)):
+                    self.housekeeping()
+            except Exception:       # closed under us
+                if self._closed:
+                    return
+                raise
 
     # -- grace periods -------------------------------------------------------
     def synchronize(self, timeout: float | None = None) -> None:
@@ -217,12 +291,57 @@ class Runtime:
         self._check_open()
         self._control.wait_grace_period(token, timeout)
 
+    # -- controller operations ---------------------------------------------------
+    def batch(self):
+        """``with rt.batch():`` -- outer updates inside share one grace period, at exit."""
+        return self.controller.batch()
+
+    def retire(self, m) -> None:
+        """Take map ``m`` out of service; freed (unlinked) after a grace period."""
+        self.controller.retire(m)
+
+    def barrier(self, timeout: float | None = None) -> None:
+        """Wait until every retired map is unlinked and unmapped by every live reader."""
+        self.controller.barrier(timeout)
+
+    def wait_unreferenced(self, m, timeout: float) -> None:
+        """Wait until ``m`` is in no outer slot and a grace period has passed since."""
+        self.controller.wait_unreferenced(m, timeout)
+
+    def _after_outer_update(self, sync: bool) -> None:
+        """Outer maps call this after a successful update: the update-implies-sync policy."""
+        if self._controller is not None:
+            self._controller.after_outer_update(sync)
+        elif sync:
+            self.synchronize()
+
     # -- maps (the maps layer does the work) ---------------------------------
-    def create_map(self, kind: str, **spec: Any):
-        """Create a map; see ``shmrcu.maps.create_map``."""
+    def create_map(self, kind: str, *, wait_for_memory: bool = False, **spec: Any):
+        """Create a map; see ``shmrcu.maps.create_map``.
+
+        When /dev/shm is full, ``wait_for_memory=True`` runs ``barrier()`` (retired
+        maps really give their memory back) and retries once."""
         from . import maps
         self._check_open()
-        return maps.create_map(self, kind, **spec)
+        try:
+            return maps.create_map(self, kind, **spec)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.ENOMEM) or isinstance(e, ShmrcuError):
+                raise
+            if wait_for_memory and self._controller is not None:
+                self.barrier()
+                try:
+                    return maps.create_map(self, kind, **spec)
+                except OSError as again:
+                    e = again
+            pending = self._controller.pending() if self._controller is not None else None
+            hint = ""
+            if pending and (pending["retired"] or pending["unconfirmed_bytes"]):
+                hint = (f"; {pending['retired']} retired map(s) holding {pending['retired_bytes']} "
+                        f"bytes are still pending and {pending['unconfirmed_bytes']} freed bytes "
+                        "may still be mapped: pass wait_for_memory=True or call rt.barrier()")
+            raise OutOfSharedMemory(f"no room in {seg.SHM_DIR} for map {spec.get('name') or kind!r}: "
+                                    f"{e.strerror}{hint}", errno=e.errno) from e
 
     def map(self, name_or_id: str | int):
         """Open a map by name or id."""

@@ -85,6 +85,9 @@ class Segment:
             raise
         try:
             os.fchmod(shm.fd, mode)  # shm_open applies the umask; the runtime's mode is exact
+            # Reserve the pages now: on tmpfs a short /dev/shm fails here with ENOSPC
+            # instead of a SIGBUS at the first touch of a page that has no memory.
+            os.posix_fallocate(shm.fd, 0, size)
             return cls(shm, name, True)
         except BaseException:
             shm.close_fd()

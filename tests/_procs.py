@@ -48,3 +48,11 @@ def claim_slots(name: str, n: int, ready, done) -> None:
         ready.set()
         done.wait(30)
         del readers
+
+
+def controller_then_wait(name: str, ready, done) -> None:
+    """Create a runtime (holding the controller lease) and wait to be killed."""
+    rt = shmrcu.Runtime.create(name)
+    ready.set()
+    done.wait(60)
+    rt.destroy()

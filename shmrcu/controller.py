@@ -1,0 +1,194 @@
+"""The controller: grace-period policy for outer updates, retire/free, barriers.
+
+One process per runtime holds the controller lease (an OFD lock on the control
+segment, dropped by the kernel if the process dies).  Everything it needs to
+continue lives in shared memory -- a retired map's state word carries the
+grace-period token that must elapse before it is freed -- so a new controller
+that takes over simply finishes the frees its predecessor left behind.
+
+The four proposals of the 2018 bpf(2) debate, as one API:
+
+* global ``synchronize()``           -- ``Runtime.synchronize`` (one grace period, any number of swaps)
+* update-implies-sync + batching     -- ``outer[k] = m`` / ``outer.swap`` wait unless ``sync=False``;
+                                        ``with rt.batch():`` waits once at exit
+* per-map wait with a timeout        -- ``wait_unreferenced(m, timeout)``
+* "memory actually freed" barrier    -- ``barrier()``: retired maps unlinked *and* unmapped everywhere
+"""
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
+
+from . import segment as seg
+from .errors import GracePeriodTimeout, MapInUse, StalledSlot
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runtime import Runtime
+
+FREE_POLL_S = 0.002          # the deferred-free thread polls pending grace periods this often
+BARRIER_POLL_S = 0.001
+
+
+class Controller:
+    """Controller-side state of one runtime (private to the lease holder's process)."""
+
+    def __init__(self, rt: "Runtime"):
+        self.rt = rt
+        self._lock = threading.Lock()          # guards the two dicts below (controller only)
+        self._pending: dict[int, tuple[int, int]] = {}   # map id -> (grace-period token, bytes)
+        self._freed_bytes: dict[int, int] = {}           # freed, maybe still mapped somewhere
+        self._batch_depth = 0
+        self._batch_dirty = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._resume()
+
+    def _resume(self) -> None:
+        """Takeover: pick up the maps a previous controller retired but did not free."""
+        if not any(n.endswith(".dir") for n in seg.runtime_segments(self.rt.name)):
+            return                             # no map was ever created
+        from . import maps
+        for info in maps.list_maps(self.rt):
+            if info["state"] == "retired":
+                self._pending[info["id"]] = (info["state_epoch"], info["bytes"])
+        if self._pending:
+            self._ensure_thread()
+
+    # -- update-implies-sync ---------------------------------------------------
+    def after_outer_update(self, sync: bool) -> None:
+        """Called by outer maps after a successful update (never after a failed one)."""
+        if not sync:
+            return
+        if self._batch_depth:
+            self._batch_dirty = True
+        else:
+            self.rt.synchronize()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Defer the grace periods of every outer update inside to one, at exit."""
+        self._batch_depth += 1
+        try:
+            yield
+        finally:
+            self._batch_depth -= 1
+            if self._batch_depth == 0 and self._batch_dirty:
+                self._batch_dirty = False
+                self.rt.synchronize()
+
+    # -- retire and free -------------------------------------------------------
+    def retire(self, m) -> None:
+        """Take ``m`` out of service; it is freed after a grace period, in the background."""
+        from . import maps
+        refs = maps.outer_references(self.rt, m.id)
+        if refs:
+            where = ", ".join(f"{outer}[{key!r}]" for outer, key in refs)
+            raise MapInUse(f"cannot retire map {m.name or m.id!r} (id {m.id}): still referenced by "
+                           f"{where}; delete or replace those slots first", errno=errno.EBUSY)
+        token = self.rt.start_grace_period()
+        size = maps.set_map_state(self.rt, m.id, "retired", token)
+        with self._lock:
+            self._pending[m.id] = (token, size)
+        self._ensure_thread()
+        self._wake.set()
+
+    def _free(self, map_id: int) -> None:
+        from . import maps
+        with self._lock:
+            entry = self._pending.pop(map_id, None)
+        if entry is None:
+            return
+        maps.set_map_state(self.rt, map_id, "freed", entry[0])   # readers see it, then drop it
+        maps.unlink_map(self.rt, map_id)
+        with self._lock:
+            self._freed_bytes[map_id] = entry[1]
+        self.rt._control.bump_freed_generation()
+        self.rt.housekeeping()                                    # our own mapping goes at once
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._free_loop, name="shmrcu-free", daemon=True)
+            self._thread.start()
+
+    def _free_loop(self) -> None:
+        """Free retired maps as their grace periods elapse (like call_rcu's callback thread)."""
+        while not self._stop.is_set():
+            with self._lock:
+                pending = list(self._pending.items())
+            if not pending:
+                self._wake.wait(0.1)
+                self._wake.clear()
+                continue
+            for map_id, (token, _) in pending:
+                try:
+                    if self.rt.poll_grace_period(token):
+                        self._free(map_id)
+                except Exception:      # runtime closed under us: stop quietly
+                    if self.rt.closed:
+                        return
+                    raise
+            self._stop.wait(FREE_POLL_S)
+
+    def pending(self) -> dict:
+        """Retired maps not yet freed, and freed maps not yet confirmed unmapped (bytes)."""
+        with self._lock:
+            return {"retired": len(self._pending),
+                    "retired_bytes": sum(b for _, b in self._pending.values()),
+                    "unconfirmed_bytes": sum(self._freed_bytes.values())}
+
+    # -- barriers ----------------------------------------------------------------
+    def barrier(self, timeout: float | None = None) -> None:
+        """Return once every retired map is unlinked and unmapped by every live reader."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            pending = sorted(self._pending.items())
+        for map_id, (token, _) in pending:
+            self.rt.wait_grace_period(token, _remaining(deadline))
+            self._free(map_id)
+        control = self.rt._control
+        generation = control.freed_generation
+        self.rt.housekeeping()
+        while True:
+            control.reclaim_dead()
+            behind = [r for r in control.readers() if r["freed_seen"] < generation]
+            if not behind:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                now = time.monotonic_ns()
+                raise GracePeriodTimeout(
+                    "barrier: freed maps are still mapped by live readers (they unmap at their "
+                    "next quiescent state, section exit or when idle)",
+                    [StalledSlot(r["slot"], r["pid"], r["epoch"], r["epoch_lag"],
+                                 (now - r["last_advance_ns"]) / 1e9) for r in behind])
+            time.sleep(BARRIER_POLL_S)
+        with self._lock:
+            self._freed_bytes.clear()
+
+    def wait_unreferenced(self, m, timeout: float) -> None:
+        """Block until ``m`` is in no outer slot and a grace period has passed since."""
+        from . import maps
+        deadline = time.monotonic() + timeout
+        while True:
+            refs = maps.outer_references(self.rt, m.id)
+            if not refs:
+                break
+            if time.monotonic() >= deadline:
+                where = ", ".join(f"{outer}[{key!r}]" for outer, key in refs)
+                raise GracePeriodTimeout(f"map {m.name or m.id!r} (id {m.id}) is still referenced "
+                                         f"after {timeout}s by {where}")
+            time.sleep(BARRIER_POLL_S)
+        self.rt.wait_grace_period(self.rt.start_grace_period(), _remaining(deadline))
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
