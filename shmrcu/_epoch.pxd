@@ -56,6 +56,7 @@ cdef class Reader:
     cdef int lock_fd
     cdef readonly bint closed
     cdef ControlBlock control
+    cdef object section_cm
     cdef object __weakref__
     cdef void enter(self) noexcept nogil
     cdef void exit(self) noexcept nogil

@@ -568,25 +568,26 @@ cdef class ControlBlock:
             f"{len(stalled)} reader(s) still in a read-side section or not quiescent", stalled)
 
 
-@cython.freelist(16)
 cdef class _Section:
-    """``with reader.section():`` -- reusable, nestable."""
-    cdef Reader reader
+    """``with reader.section():`` -- reusable, nestable.
 
-    def __cinit__(self, Reader reader):
-        self.reader = reader
+    Holds its reader by a borrowed pointer (no reference cycle, so a dropped
+    reader is freed at once); the reader clears it when it goes away."""
+    cdef void* reader
 
     def __enter__(self):
-        if self.reader.closed:
+        if self.reader == NULL or (<Reader>self.reader).closed:
             raise ReaderClosed("reader is closed")
-        self.reader.enter()
-        return self.reader
+        (<Reader>self.reader).enter()
+        return <Reader>self.reader
 
-    def __exit__(self, *exc):
-        self.reader.exit()
+    def __exit__(self, exc_type, exc, tb):
+        if self.reader != NULL:
+            (<Reader>self.reader).exit()
         return False
 
 
+@cython.no_gc_clear       # __dealloc__ still needs `control` to give the slot back
 cdef class Reader:
     """A registered reader: one worker slot, explicit sections and QSBR.
 
@@ -609,6 +610,9 @@ cdef class Reader:
         self.fence = True
         if control.hdr.sections_mode == SHMRCU_SECTIONS_MEMBARRIER and membarrier_register():
             self.fence = False
+        section = _Section()               # reused: `with r.section():` allocates nothing
+        section.reader = <void*>self
+        self.section_cm = section
         self.closed = False
 
     cdef void enter(self) noexcept nogil:
@@ -624,7 +628,7 @@ cdef class Reader:
 
     def section(self):
         """A read-side critical section (context manager, nestable)."""
-        return _Section(self)
+        return self.section_cm
 
     def _check_open(self):
         if self.closed:
@@ -704,6 +708,8 @@ cdef class Reader:
         return False
 
     def __dealloc__(self):
+        if self.section_cm is not None:
+            (<_Section>self.section_cm).reader = NULL
         # a reader dropped without close(): give the slot back rather than leak it
         if not self.closed and self.control is not None:
             self.control.release_slot(self.index, self.lock_fd)
