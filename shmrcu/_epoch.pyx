@@ -33,9 +33,9 @@ every CPU running a registered process with ``membarrier(GLOBAL_EXPEDITED)``.
 
 Grace periods
 -------------
-``synchronize`` loads the epoch ``e0``, advances it to ``e0 + 1`` (a CAS that
-may lose to a concurrent updater -- any advance after our load serves us just
-as well) and waits until every slot is ``0`` or ``>= e0 + 1``.  Why this is
+``synchronize`` fences, loads the epoch ``e0``, advances it to ``e0 + 1`` (a
+CAS that may lose to a concurrent updater -- any advance after our fenced load
+serves us just as well) and waits until every slot is ``0`` or ``>= e0 + 1``.  Why this is
 enough: the updater unpublished the old pointer before the seq_cst advance.  A
 reader whose ``ctr >= e0 + 1`` loaded that epoch with acquire, so it loads the
 new pointer.  A reader that was offline when the updater looked is ordered by
@@ -431,10 +431,14 @@ cdef class ControlBlock:
     # -- grace periods -------------------------------------------------------
     def start_grace_period(self):
         """Begin a grace period and return its token (the target epoch)."""
-        # seq_cst: orders the caller's earlier unpublishing stores before the epoch
-        # advance, and the advance before any later scan of the slots
+        # full fence: the caller's unpublishing stores are visible before we read e0.
+        # Without it a store still in our store buffer could trail another updater's
+        # advance to e0 + 1, and a reader at e0 + 1 could still load the old pointer.
+        shm_fence_seq_cst()
+        # seq_cst: one total order with the advances of concurrent updaters
         cdef uint64_t e0 = shm_load_seq_cst(&self.hdr.global_epoch)
-        # seq_cst CAS: losing to a concurrent advance is fine -- it came after our load
+        # seq_cst CAS: losing to a concurrent advance is fine -- it came after our
+        # load, hence after our stores; it also orders the advance before our scan
         shm_cas_seq_cst(&self.hdr.global_epoch, e0, e0 + 1)
         return e0 + 1
 
