@@ -46,6 +46,10 @@ static inline int shm_cas_acq_rel32(uint32_t *p, uint32_t expected, uint32_t des
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
+static inline uint32_t shm_load_relaxed32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline uint32_t shm_fetch_add_seq_cst32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t shm_fetch_sub_seq_cst32(uint32_t *p, uint32_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
+
 static inline void shm_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 /* Stops the compiler (not the CPU) from moving memory accesses across it. */
 static inline void shm_compiler_barrier(void) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
@@ -67,6 +71,18 @@ static inline uint64_t shm_monotonic_ns(void) {
 static inline void shm_sleep_ns(uint64_t ns) {
     struct timespec ts = { (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull) };
     nanosleep(&ts, NULL);
+}
+
+/* ---- futex(2) on shared memory (not FUTEX_PRIVATE: waiters and wakers are
+ * different processes) ------------------------------------------------------- */
+#include <limits.h>
+#include <linux/futex.h>
+static inline int shm_futex_wait(uint32_t *addr, uint32_t expected, uint64_t timeout_ns) {
+    struct timespec ts = { (time_t)(timeout_ns / 1000000000ull), (long)(timeout_ns % 1000000000ull) };
+    return (int)syscall(SYS_futex, addr, FUTEX_WAIT, expected, &ts, NULL, 0);
+}
+static inline int shm_futex_wake_all(uint32_t *addr) {
+    return (int)syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
 /* ---- membarrier(2) ----------------------------------------------------- */

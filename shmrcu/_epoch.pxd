@@ -3,7 +3,8 @@
 from libc.stdint cimport uint64_t
 from shmrcu._layout cimport (control_header, worker_slot, shm_load_acquire, shm_load_relaxed,
                              shm_store_release, shm_store_relaxed, shm_xchg_seq_cst,
-                             shm_compiler_barrier)
+                             shm_compiler_barrier, shm_fence_seq_cst, shm_load_relaxed32,
+                             shm_fetch_add_seq_cst32, shm_futex_wake_all)
 
 # Go online / enter an outermost read-side section.  `fence` is 0 only for a
 # reader whose process registered for membarrier in a membarrier runtime.
@@ -33,6 +34,19 @@ cdef inline void rcu_quiescent(control_header* hdr, worker_slot* slot) noexcept 
     if shm_load_relaxed(&slot.ctr) != e:
         # release: our earlier reads complete before a waiter sees the new epoch
         shm_store_release(&slot.ctr, e)
+        rcu_wake_waiters(hdr)
+
+# Slow path, once per grace period per reader: wake synchronize() callers that
+# went to sleep on the futex instead of polling our slot.
+cdef inline void rcu_wake_waiters(control_header* hdr) noexcept nogil:
+    # full fence: our ctr store is visible before we look for sleepers; paired with
+    # the waiter's seq_cst waiters++ before its last look at ctr, no wake-up is lost
+    shm_fence_seq_cst()
+    # relaxed: ordered by the fence above
+    if shm_load_relaxed32(&hdr.gp_waiters):
+        # seq_cst: a waiter that read the old futex value fails its FUTEX_WAIT at once
+        shm_fetch_add_seq_cst32(&hdr.gp_futex, 1)
+        shm_futex_wake_all(&hdr.gp_futex)
 
 cdef class ControlBlock:
     cdef control_header* hdr
@@ -45,6 +59,8 @@ cdef class ControlBlock:
     cdef bint _membarrier(self)
     cdef void _complete(self, uint64_t token, uint64_t waited_ns) noexcept nogil
     cdef int _wait_slots(self, uint64_t token, uint64_t t0, uint64_t deadline) noexcept nogil
+    cdef bint _sleep(self, worker_slot* s, uint64_t token, uint64_t nap, uint64_t deadline,
+                     uint64_t now) noexcept nogil
 
 cdef class Reader:
     cdef control_header* hdr

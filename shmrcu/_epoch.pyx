@@ -61,8 +61,12 @@ waited for.  A live but stuck reader makes ``synchronize(timeout=...)`` raise
 ``GracePeriodTimeout`` naming the slot, pid, epoch lag and time stalled.
 
 Waiting spins briefly (a busy reader on the other core advances within
-microseconds), then yields, then sleeps with growing naps capped at 1 ms, so
-a stalled reader never makes the waiter burn a core.
+microseconds), then yields, then sleeps on a futex in the control segment with
+growing timeouts capped at 1 ms, so a stalled reader never makes the waiter
+burn a core.  A QSBR reader whose epoch advances while someone sleeps bumps
+the futex and wakes them (once per grace period: the common path of
+``quiescent`` stays two loads), so a waiter on a long batch wakes when the
+batch ends, not at its next timeout.
 
 Every atomic below carries a one-line reason for its memory order.
 """
@@ -545,12 +549,40 @@ cdef class ControlBlock:
                         break
                 if rounds < SPIN_ROUNDS + YIELD_ROUNDS:
                     sched_yield()
-                else:
-                    shm_sleep_ns(nap)
-                    if nap < NAP_MAX_NS:
-                        nap *= 2
+                    continue
+                if self._sleep(s, token, nap, deadline, now):
+                    break
+                if nap < NAP_MAX_NS:
+                    nap *= 2
         self._complete(token, shm_monotonic_ns() - t0)
         return -1
+
+    cdef bint _sleep(self, worker_slot* s, uint64_t token, uint64_t nap, uint64_t deadline,
+                     uint64_t now) noexcept nogil:
+        """Sleep on the futex until a reader advances (it wakes us) or ``nap`` passes.
+
+        True if the slot no longer holds the grace period up."""
+        cdef control_header* h = self.hdr
+        cdef uint32_t seq
+        cdef uint64_t c
+        cdef bint done
+        if deadline and deadline - now < nap:
+            nap = deadline - now
+        # seq_cst: announce the sleeper before the last look at ctr (pairs with the
+        # reader's fence between its ctr store and its load of gp_waiters)
+        shm_fetch_add_seq_cst32(&h.gp_waiters, 1)
+        # acquire: any bump after this value makes FUTEX_WAIT return at once
+        seq = shm_load_acquire32(&h.gp_futex)
+        # acquire: as in the polling loop
+        c = shm_load_acquire(&s.ctr)
+        done = c == 0 or c >= token
+        if not done:
+            shm_futex_wait(&h.gp_futex, seq, nap)
+            c = shm_load_acquire(&s.ctr)
+            done = c == 0 or c >= token
+        # seq_cst: readers stop waking once no one sleeps
+        shm_fetch_sub_seq_cst32(&h.gp_waiters, 1)
+        return done
 
     def _raise_timeout(self, uint64_t token, uint64_t t0):
         now = shm_monotonic_ns()

@@ -59,7 +59,9 @@ typedef struct {
     uint64_t slots_reclaimed;   /* dead owners found by waiters */
     uint64_t membarrier_fallbacks;
     uint64_t gp_recent_head;    /* next index into gp_recent_ns (mod SHMRCU_GP_RECENT) */
-    uint8_t _pad2[128 - 48];
+    uint32_t gp_futex;          /* bumped by a reader that advanced while waiters sleep */
+    uint32_t gp_waiters;        /* grace-period waiters asleep (or about to sleep) on gp_futex */
+    uint8_t _pad2[128 - 56];
     uint32_t gp_recent_ns[SHMRCU_GP_RECENT]; /* latest grace-period waits, ns (saturating) */
 
     /* --- controller and map bookkeeping (controller / maps layers) */

@@ -35,6 +35,8 @@ cdef extern from "_layout.h" nogil:
         uint64_t slots_reclaimed
         uint64_t membarrier_fallbacks
         uint64_t gp_recent_head
+        uint32_t gp_futex
+        uint32_t gp_waiters
         uint32_t gp_recent_ns[256]
         uint64_t controller_pid
         uint64_t controller_epoch
@@ -71,6 +73,11 @@ cdef extern from "_atomics.h" nogil:
     uint32_t shm_load_acquire32(const uint32_t *p)
     void shm_store_release32(uint32_t *p, uint32_t v)
     bint shm_cas_acq_rel32(uint32_t *p, uint32_t expected, uint32_t desired)
+    uint32_t shm_load_relaxed32(const uint32_t *p)
+    uint32_t shm_fetch_add_seq_cst32(uint32_t *p, uint32_t v)
+    uint32_t shm_fetch_sub_seq_cst32(uint32_t *p, uint32_t v)
+    int shm_futex_wait(uint32_t *addr, uint32_t expected, uint64_t timeout_ns)
+    int shm_futex_wake_all(uint32_t *addr)
     void shm_fence_seq_cst()
     void shm_compiler_barrier()
     void shm_cpu_relax()
