@@ -4,17 +4,24 @@ Worker processes read map-of-maps tables in POSIX shared memory through an
 epoch-based RCU core; a controller swaps inner maps atomically and waits for
 grace periods.  Start with ``Runtime.create`` / ``Runtime.attach``.
 """
-from .errors import (ControllerBusy, CorruptSegment, GracePeriodTimeout, MapInUse, NoFreeSlot,
-                     OutOfSharedMemory, ReaderClosed, RuntimeExists, RuntimeNotFound, ShmrcuError,
-                     StalledSlot)
-from .runtime import Runtime
 from ._epoch import Reader
+from ._maps import ANY, EXIST, NOEXIST
+from .errors import (ControllerBusy, CorruptSegment, GracePeriodTimeout, IndexOutOfRange,
+                     InvalidMapSpec, KeyExists, KeyNotFound, MapClosed, MapExists, MapFull, MapInUse,
+                     MapNotFound, NoFreeSlot, OutOfSharedMemory, ReaderClosed, ReadOnlyMap,
+                     RuntimeExists, RuntimeNotFound, ShmrcuError, StalledSlot, TemplateMismatch,
+                     UnsupportedOperation)
+from .runtime import Runtime
+from . import maps
+from .pool import WorkerPool
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Runtime", "Reader",
+    "Runtime", "Reader", "WorkerPool", "maps", "ANY", "NOEXIST", "EXIST",
     "ShmrcuError", "RuntimeExists", "RuntimeNotFound", "CorruptSegment", "NoFreeSlot",
     "ReaderClosed", "GracePeriodTimeout", "StalledSlot", "ControllerBusy", "MapInUse",
-    "OutOfSharedMemory",
+    "OutOfSharedMemory", "KeyNotFound", "KeyExists", "MapFull", "IndexOutOfRange", "ReadOnlyMap",
+    "MapClosed", "MapNotFound", "MapExists", "InvalidMapSpec", "TemplateMismatch",
+    "UnsupportedOperation",
 ]

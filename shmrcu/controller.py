@@ -17,13 +17,14 @@ The four proposals of the 2018 bpf(2) debate, as one API:
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 from . import segment as seg
-from .errors import GracePeriodTimeout, MapInUse, StalledSlot
+from .errors import GracePeriodTimeout, MapClosed, MapInUse, StalledSlot
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Runtime
@@ -52,10 +53,12 @@ class Controller:
         if not any(n.endswith(".dir") for n in seg.runtime_segments(self.rt.name)):
             return                             # no map was ever created
         from . import maps
-        for info in maps.list_maps(self.rt):
-            if info["state"] == "retired":
-                self._pending[info["id"]] = (info["state_epoch"], info["bytes"])
-        if self._pending:
+        retired = [i["id"] for i in maps.list_maps(self.rt) if i["state"] == "retired"]
+        if retired:
+            # a grace period started now began after they left service: it covers them
+            token = self.rt.start_grace_period()
+            for map_id in retired:
+                self._pending[map_id] = (token, _segment_bytes(self.rt, map_id))
             self._ensure_thread()
 
     # -- update-implies-sync ---------------------------------------------------
@@ -84,13 +87,16 @@ class Controller:
     def retire(self, m) -> None:
         """Take ``m`` out of service; it is freed after a grace period, in the background."""
         from . import maps
-        refs = maps.outer_references(self.rt, m.id)
+        if m.state != "live":
+            raise MapClosed(f"map {m.name or m.id!r} (id {m.id}) is already {m.state}")
+        refs = outer_references(self.rt, m.id)
         if refs:
             where = ", ".join(f"{outer}[{key!r}]" for outer, key in refs)
             raise MapInUse(f"cannot retire map {m.name or m.id!r} (id {m.id}): still referenced by "
                            f"{where}; delete or replace those slots first", errno=errno.EBUSY)
-        token = self.rt.start_grace_period()
-        size = maps.set_map_state(self.rt, m.id, "retired", token)
+        maps.set_map_state(self.rt, m, "retired")
+        token = self.rt.start_grace_period()      # after the state change: covers every user
+        size = _segment_bytes(self.rt, m.id)
         with self._lock:
             self._pending[m.id] = (token, size)
         self._ensure_thread()
@@ -102,8 +108,7 @@ class Controller:
             entry = self._pending.pop(map_id, None)
         if entry is None:
             return
-        maps.set_map_state(self.rt, map_id, "freed", entry[0])   # readers see it, then drop it
-        maps.unlink_map(self.rt, map_id)
+        maps.destroy_map(self.rt, map_id)     # state freed (mappers see it), unlinked
         with self._lock:
             self._freed_bytes[map_id] = entry[1]
         self.rt._control.bump_freed_generation()
@@ -170,10 +175,9 @@ class Controller:
 
     def wait_unreferenced(self, m, timeout: float) -> None:
         """Block until ``m`` is in no outer slot and a grace period has passed since."""
-        from . import maps
         deadline = time.monotonic() + timeout
         while True:
-            refs = maps.outer_references(self.rt, m.id)
+            refs = outer_references(self.rt, m.id)
             if not refs:
                 break
             if time.monotonic() >= deadline:
@@ -188,6 +192,26 @@ class Controller:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
+
+
+def outer_references(rt: "Runtime", map_id: int) -> list[tuple[str, object]]:
+    """Every (outer map, key) whose slot holds ``map_id``."""
+    from . import maps
+    refs = []
+    for info in maps.list_maps(rt):
+        if info["kind"] not in ("array_of_maps", "hash_of_maps") or info["state"] != "live":
+            continue
+        outer = rt.map(info["id"])
+        label = info["name"] or f"map {info['id']}"
+        refs.extend((label, k) for k in outer.keys() if outer._lookup_id(k) == map_id)
+    return refs
+
+
+def _segment_bytes(rt: "Runtime", map_id: int) -> int:
+    try:
+        return os.stat(seg.SHM_DIR + seg.shm_name(rt.name, f"map.{map_id}")).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -1,0 +1,540 @@
+"""Maps in shared memory: creating, opening, listing, and the handle classes.
+
+Each map is one POSIX shm segment, ``/shmrcu.<runtime>.map.<id>`` (layout in
+``_maplayout.h``; kernels in ``_maps.pyx``).  The runtime's directory segment,
+``/shmrcu.<runtime>.dir``, records every map's id, name and spec so any
+attached process can open a map by name.  A process maps each segment once:
+handles are cached per runtime object by id (``rt._map_cache``), and
+``drop_freed`` unmaps the ones the controller has freed.
+
+    flows = rt.create_map("hash", key="I", value="QQ", max_entries=1 << 16, name="flows")
+    flows[7] = (1, 1500)
+    flows.add(7, (1, 60))                        # atomic per-field add
+    outer = rt.create_map("array_of_maps", max_entries=4, inner=flows)
+    outer[0] = flows                             # template checked: kind, formats, flags
+"""
+from __future__ import annotations
+
+import errno as _errno
+import os
+import threading
+import weakref
+from typing import Any
+
+from . import _formats
+from . import _mapdir
+from . import _mapheader
+from . import _maps
+from . import segment as seg
+from ._maps import ANY, EXIST, NOEXIST, MapCore
+from .errors import (CorruptSegment, InvalidMapSpec, MapClosed, MapExists, MapNotFound, ReaderClosed,
+                     RuntimeNotFound, TemplateMismatch)
+
+__all__ = [
+    "ANY", "NOEXIST", "EXIST", "KINDS",
+    "Map", "ArrayMap", "HashMap", "PerWorkerArrayMap", "PerWorkerHashMap", "ArrayOfMaps", "HashOfMaps",
+    "create_map", "open_map", "list_maps", "drop_freed", "set_map_state", "destroy_map",
+]
+
+KINDS = {
+    "array": _maps.KIND_ARRAY,
+    "hash": _maps.KIND_HASH,
+    "per_worker_array": _maps.KIND_PER_WORKER_ARRAY,
+    "per_worker_hash": _maps.KIND_PER_WORKER_HASH,
+    "array_of_maps": _maps.KIND_ARRAY_OF_MAPS,
+    "hash_of_maps": _maps.KIND_HASH_OF_MAPS,
+}
+KIND_NAMES = {code: name for name, code in KINDS.items()}
+STATES = {"live": _maps.STATE_LIVE, "retired": _maps.STATE_RETIRED, "freed": _maps.STATE_FREED}
+STATE_NAMES = {code: name for name, code in STATES.items()}
+_ARRAYS = (_maps.KIND_ARRAY, _maps.KIND_PER_WORKER_ARRAY, _maps.KIND_ARRAY_OF_MAPS)
+_OUTERS = (_maps.KIND_ARRAY_OF_MAPS, _maps.KIND_HASH_OF_MAPS)
+_PER_WORKER = (_maps.KIND_PER_WORKER_ARRAY, _maps.KIND_PER_WORKER_HASH)
+MAX_KEY_SIZE = 512
+MAX_VALUE_SIZE = 1 << 20
+MAX_ENTRIES = 1 << 31
+
+
+# ---------------------------------------------------------------------------
+# handle classes
+
+class Map(MapCore):
+    """A map of a runtime, dict-like.  Get one from ``rt.create_map`` or ``rt.map``."""
+
+    kind = "map"
+
+    @property
+    def name(self) -> str | None:
+        return self.info["name"]
+
+    @property
+    def state(self) -> str:
+        """``"live"``, ``"retired"`` (swapped out, still readable) or ``"freed"``."""
+        return STATE_NAMES.get(self.state_code, "freed")
+
+    @property
+    def flags(self) -> int:
+        return self.info["flags"]
+
+    @property
+    def worker_readonly(self) -> bool:
+        return bool(self.info["flags"] & _maps.F_WORKER_READONLY)
+
+    @property
+    def spec(self) -> dict:
+        """The arguments that would create a map like this one (template comparisons)."""
+        return {"kind": self.kind, "key": self.key_format, "value": self.value_format,
+                "max_entries": self.max_entries, "worker_readonly": self.worker_readonly}
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"<shmrcu.{type(self).__name__} id={self.id} closed>"
+        name = f" {self.name!r}" if self.name else ""
+        return (f"<shmrcu.{type(self).__name__}{name} id={self.id} key={self.key_format!r} "
+                f"value={self.value_format!r} max_entries={self.max_entries} {self.state}>")
+
+
+class ArrayMap(Map):
+    """u32 index -> value; every index exists (zero at first), nothing can be deleted."""
+    kind = "array"
+
+
+class HashMap(Map):
+    """Fixed-size key -> value, preallocated; lock-free inserts from any process."""
+    kind = "hash"
+
+
+class PerWorkerArrayMap(Map):
+    """An array with one value copy per worker slot; reads return the sum."""
+    kind = "per_worker_array"
+
+
+class PerWorkerHashMap(Map):
+    """A hash with one value copy per worker slot; reads return the sum."""
+    kind = "per_worker_hash"
+
+
+class _OuterMap(Map):
+    """Values are inner maps (stored as ids); every inner map must match the template."""
+
+    @property
+    def inner_template(self) -> dict:
+        t = self.info["inner"]
+        return {"kind": KIND_NAMES[t["kind"]], "key": t["key_format"], "value": t["value_format"],
+                "max_entries": t["max_entries"],
+                "worker_readonly": bool(t["flags"] & _maps.F_WORKER_READONLY)}
+
+    def __getitem__(self, key) -> Map:
+        return _open_id(self.runtime, self._lookup_id(key))
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __setitem__(self, key, inner: Map) -> None:
+        self.swap(key, inner)
+
+    def update(self, key, inner: Map, flags: int = ANY, *, sync: bool = True) -> None:
+        """Store ``inner`` at ``key`` with BPF ``flags``."""
+        self.swap(key, inner, flags, sync=sync)
+
+    def swap(self, key, inner: Map, flags: int = ANY, *, sync: bool = True) -> Map | None:
+        """Store ``inner`` at ``key`` with one atomic exchange; returns the old inner map
+        (None if the slot was empty).  ``_swap_id`` is the same exchange on raw ids.
+
+        TemplateMismatch (EINVAL) unless ``inner`` matches the template.  After a
+        successful update the runtime's policy runs (``sync=True``: wait for a grace
+        period, or defer it to the enclosing ``rt.batch()``); a failed one never waits."""
+        self._check_template(inner)
+        old = self._swap_id(key, inner.id, flags)
+        self._after_update(sync)
+        return _open_id(self.runtime, old) if old else None
+
+    def __delitem__(self, key) -> None:
+        self.pop_id(key)
+
+    def pop_id(self, key, *, sync: bool = True) -> int:
+        """Remove ``key``; returns the inner id it held (then the update policy runs)."""
+        old = self._swap_id(key, 0)
+        self._after_update(sync)
+        return old
+
+    def _after_update(self, sync: bool) -> None:
+        hook = getattr(self.runtime, "_after_outer_update", None)
+        if hook is not None:
+            hook(sync)
+
+    def inner_ids(self) -> list[int]:
+        return self._ids()
+
+    def values(self) -> list[Map]:
+        return [_open_id(self.runtime, i) for i in self._ids()]
+
+    def items(self) -> list[tuple[Any, Map]]:
+        return [(k, self[k]) for k in self.keys()]
+
+    def _check_template(self, inner: object) -> None:
+        if not isinstance(inner, Map):
+            raise TemplateMismatch(f"values of {self.kind} maps are maps, got {type(inner).__name__}")
+        if inner.closed or inner.state != "live":
+            raise TemplateMismatch(f"inner map {inner.id} is {inner.state}, not live")
+        if inner.runtime is not self.runtime and getattr(inner.runtime, "name", None) != self.runtime.name:
+            raise TemplateMismatch(f"inner map {inner.id} belongs to another runtime")
+        want = self.inner_template
+        have = inner.spec
+        keys = ("kind", "key", "value", "worker_readonly") + \
+            (("max_entries",) if KINDS[want["kind"]] in _ARRAYS else ())
+        diff = [f"{k}: {have[k]!r} != {want[k]!r}" for k in keys if have[k] != want[k]]
+        if diff:
+            raise TemplateMismatch(f"inner map {inner.id} does not match the template of "
+                                   f"{self.kind} {self.id}: " + "; ".join(diff))
+
+
+class ArrayOfMaps(_OuterMap):
+    kind = "array_of_maps"
+
+
+class HashOfMaps(_OuterMap):
+    kind = "hash_of_maps"
+
+
+CLASSES = {
+    _maps.KIND_ARRAY: ArrayMap, _maps.KIND_HASH: HashMap,
+    _maps.KIND_PER_WORKER_ARRAY: PerWorkerArrayMap, _maps.KIND_PER_WORKER_HASH: PerWorkerHashMap,
+    _maps.KIND_ARRAY_OF_MAPS: ArrayOfMaps, _maps.KIND_HASH_OF_MAPS: HashOfMaps,
+}
+
+
+# ---------------------------------------------------------------------------
+# the directory of a runtime (one mapping per runtime object)
+
+class _DirHandle:
+    """A runtime's mapped directory plus the locks around it; lives in rt._map_cache."""
+
+    def __init__(self, segment: seg.Segment):
+        self.segment = segment
+        self.directory = _mapdir.Directory(segment.mapping, segment.fd)
+        self.thread_lock = threading.Lock()
+
+    def __enter__(self) -> _mapdir.Directory:
+        self.thread_lock.acquire()
+        try:
+            self.directory.lock()
+        except BaseException:
+            self.thread_lock.release()
+            raise
+        return self.directory
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.directory.unlock()
+        finally:
+            self.thread_lock.release()
+
+    def _close_mapping(self) -> None:
+        self.segment.close()
+
+
+_DIR_KEY = "directory"            # rt._map_cache key (map ids are ints)
+
+
+def _runtime_gone(rt) -> bool:
+    return not os.path.exists(os.path.join(seg.SHM_DIR, seg.shm_name(rt.name, "ctl").lstrip("/")))
+
+
+def _check_runtime(rt) -> None:
+    if getattr(rt, "closed", False):
+        raise ReaderClosed(f"runtime {rt.name!r} is closed")
+    if _runtime_gone(rt):
+        raise RuntimeNotFound(f"runtime {rt.name!r} no longer exists (destroyed)")
+
+
+def _directory(rt, create: bool = False) -> _DirHandle:
+    d = rt._map_cache.get(_DIR_KEY)
+    if d is not None:
+        return d
+    _check_runtime(rt)
+    name = seg.shm_name(rt.name, "dir")
+    segment = None
+    if create:
+        try:
+            segment = seg.Segment.create(name, _mapdir.segment_size(), rt.mode)
+            _mapdir.Directory(segment.mapping, segment.fd).initialize()
+        except FileExistsError:
+            segment = None
+    if segment is None:
+        try:
+            segment = seg.Segment.open(name)
+        except FileNotFoundError:
+            _check_runtime(rt)
+            raise MapNotFound(f"runtime {rt.name!r} has no maps yet") from None
+        if segment.mapping is None:
+            segment.close()
+            raise CorruptSegment(f"map directory {name} is empty")
+    d = _DirHandle(segment)
+    try:
+        d.directory.validate(f"map directory {name}")
+    except BaseException:
+        segment.close()
+        raise
+    rt._map_cache[_DIR_KEY] = d
+    return d
+
+
+# ---------------------------------------------------------------------------
+# create / open / list
+
+def _spec_error(msg: str, err: int = _errno.EINVAL) -> InvalidMapSpec:
+    return InvalidMapSpec(msg, errno=err)
+
+
+def _validate(rt, kind, key, value, max_entries, name, inner, worker_readonly) -> dict:
+    if kind not in KINDS:
+        raise _spec_error(f"unknown map kind {kind!r}; choose one of {', '.join(KINDS)}")
+    code = KINDS[kind]
+    if isinstance(max_entries, bool) or not isinstance(max_entries, int):
+        raise _spec_error(f"max_entries must be an int, got {max_entries!r}")
+    if not 1 <= max_entries <= MAX_ENTRIES:
+        raise _spec_error(f"max_entries must be in 1..{MAX_ENTRIES}, got {max_entries}",
+                          _errno.E2BIG if max_entries > 0 else _errno.EINVAL)
+    if name is not None:
+        try:
+            seg.validate_name(name, "map name")
+        except ValueError as e:
+            raise _spec_error(str(e)) from None
+    inner_info = None
+    if code in _OUTERS:
+        if inner is None:
+            raise _spec_error(f"{kind} needs inner=<a map> as the template of its inner maps")
+        if not isinstance(inner, Map):
+            raise _spec_error(f"inner must be a map, got {type(inner).__name__}")
+        if inner.closed:
+            raise MapClosed(f"template map {inner.id} is closed")
+        if KINDS[inner.kind] in _OUTERS:
+            raise _spec_error(f"inner map {inner.id} is itself a {inner.kind}: one level of nesting only")
+        if value not in (None, "Q"):
+            raise _spec_error(f"{kind} values are inner maps: leave value unset")
+        value = "Q"
+        inner_info = {"kind": KINDS[inner.kind], "flags": inner.flags,
+                      "key_size": _formats.parse(inner.key_format, "key").size,
+                      "value_size": _formats.parse(inner.value_format, "value").size,
+                      "max_entries": inner.max_entries, "key_format": inner.key_format,
+                      "value_format": inner.value_format}
+    elif inner is not None:
+        raise _spec_error(f"inner= is only for array_of_maps and hash_of_maps, not {kind}")
+    if code in _ARRAYS:
+        if key not in (None, "I"):
+            raise _spec_error(f"{kind} maps are indexed by a u32: key must be 'I' or left out, got {key!r}")
+        key = "I"
+    elif key is None:
+        raise _spec_error(f"{kind} maps need a key format, e.g. key='I'")
+    if value is None:
+        raise _spec_error(f"{kind} maps need a value format, e.g. value='Q'")
+    kf = _formats.parse(key, "key")
+    vf = _formats.parse(value, "value")
+    if kf.size > MAX_KEY_SIZE:
+        raise _spec_error(f"key format {key!r} is {kf.size} bytes; at most {MAX_KEY_SIZE}", _errno.E2BIG)
+    if vf.size > MAX_VALUE_SIZE:
+        raise _spec_error(f"value format {value!r} is {vf.size} bytes; at most {MAX_VALUE_SIZE}", _errno.E2BIG)
+    if code in _PER_WORKER and not vf.all_int:
+        raise _spec_error(f"{kind} values are summed across workers: value format {value!r} "
+                          f"must have integer fields only")
+    n_copies = rt.max_workers if code in _PER_WORKER else 1
+    size = _mapheader.segment_size(code, kf.size, vf.size, max_entries, n_copies)
+    if size == 0:
+        raise _spec_error(f"impossible map geometry for {kind} {key!r} -> {value!r} x {max_entries}")
+    _check_memory(kind, size)
+    return {"kind": code, "flags": _maps.F_WORKER_READONLY if worker_readonly else 0,
+            "key_size": kf.size, "value_size": vf.size, "max_entries": max_entries,
+            "n_copies": n_copies, "name": name, "key_format": key, "value_format": value,
+            "inner": inner_info, "size": size}
+
+
+def _check_memory(kind: str, size: int) -> None:
+    st = os.statvfs(seg.SHM_DIR)
+    shm_free = st.f_bavail * st.f_frsize
+    phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    limit = min(shm_free, phys)
+    if size > limit:
+        raise _spec_error(f"{kind} map needs {size} bytes of shared memory but only {limit} are "
+                          f"available ({seg.SHM_DIR} free: {shm_free}, RAM: {phys}); "
+                          f"lower max_entries (or max_workers for per-worker maps)", _errno.E2BIG)
+
+
+def create_map(rt, kind: str, *, key: str | None = None, value: str | None = None, max_entries: int,
+               name: str | None = None, inner: Map | None = None, worker_readonly: bool = False) -> Map:
+    """Create a map in its own segment and record it in the runtime's directory.
+
+    ``kind``: array, hash, per_worker_array, per_worker_hash, array_of_maps,
+    hash_of_maps.  ``key``/``value``: struct formats (arrays: u32 index;
+    outer maps: ``inner=`` template instead of ``value``).  InvalidMapSpec for
+    bad arguments, MapExists for a taken name."""
+    spec = _validate(rt, kind, key, value, max_entries, name, inner, bool(worker_readonly))
+    d = _directory(rt, create=True)
+    with d as directory:
+        if name is not None:
+            try:
+                directory.lookup_name(name)
+            except KeyError:
+                pass
+            else:
+                raise MapExists(f"runtime {rt.name!r} already has a map named {name!r}")
+        map_id = rt._control.allocate_map_id()
+        spec["id"] = map_id
+        segment = seg.Segment.create(seg.shm_name(rt.name, f"map.{map_id}"), spec["size"], rt.mode)
+        try:
+            _mapheader.init_header(segment.mapping, spec)
+            directory.add(map_id, name, spec["kind"], spec["flags"], max_entries, spec["key_format"],
+                          spec["value_format"], _maps.STATE_LIVE)
+        except BaseException:
+            segment.close()
+            segment.unlink()
+            raise
+    mapping = _detach(segment)
+    info = _mapheader.read_header(mapping, map_id, f"map {map_id}")
+    return _bind(rt, mapping, map_id, info)
+
+
+def _detach(segment: seg.Segment):
+    """Keep the mapping, close the descriptor (one fd per map would run out)."""
+    mapping = segment.mapping
+    segment.mapping = None
+    segment.close()
+    return mapping
+
+
+def _bind(rt, mapping, map_id: int, info: dict) -> Map:
+    where = f"map {map_id} of runtime {rt.name!r}"
+    try:
+        kf = _formats.parse(info["key_format"], "key")
+        vf = _formats.parse(info["value_format"], "value")
+    except InvalidMapSpec as e:
+        mapping.close()
+        raise CorruptSegment(f"{where} has unusable formats: {e}") from None
+    if kf.size != info["key_size"] or vf.size != info["value_size"]:
+        mapping.close()
+        raise CorruptSegment(f"{where}: formats {info['key_format']!r}/{info['value_format']!r} do not "
+                             f"match the recorded sizes {info['key_size']}/{info['value_size']}")
+    handle = CLASSES[info["kind"]]()
+    handle._attach(rt, rt._control, mapping, map_id, kf, vf, info)
+    rt._map_cache[map_id] = handle
+    return handle
+
+
+def open_map(rt, name_or_id: str | int) -> Map:
+    """The handle of map ``name_or_id`` (cached: one per map per runtime object).
+
+    MapNotFound (a KeyError) names what was asked for; RuntimeNotFound if the
+    runtime was destroyed; CorruptSegment for a bad header."""
+    if isinstance(name_or_id, str):
+        d = _directory(rt)
+        with d as directory:
+            entry = directory.lookup_name(name_or_id)
+        return _open_id(rt, entry["id"], entry)
+    if isinstance(name_or_id, bool) or not isinstance(name_or_id, int):
+        raise TypeError(f"maps are opened by name (str) or id (int), not {type(name_or_id).__name__}")
+    return _open_id(rt, name_or_id)
+
+
+def _open_id(rt, map_id: int, entry: dict | None = None) -> Map:
+    handle = rt._map_cache.get(map_id)
+    if handle is not None and not handle.closed:
+        return handle
+    if entry is None:
+        d = _directory(rt)
+        with d as directory:
+            entry = directory.lookup_id(map_id)
+        if entry is None:
+            _check_runtime(rt)
+            raise MapNotFound(f"no map with id {map_id} in runtime {rt.name!r}")
+    if entry["state"] == _maps.STATE_FREED:
+        raise MapClosed(f"map {map_id} of runtime {rt.name!r} was freed")
+    readonly = bool(entry["flags"] & _maps.F_WORKER_READONLY) and not rt.is_controller
+    name = seg.shm_name(rt.name, f"map.{map_id}")
+    try:
+        segment = seg.Segment.open(name, writable=not readonly)
+    except FileNotFoundError:
+        _check_runtime(rt)
+        raise MapNotFound(f"map {map_id} of runtime {rt.name!r} has no segment {name} (freed?)") from None
+    if segment.mapping is None:
+        segment.close()
+        raise CorruptSegment(f"map segment {name} is empty")
+    mapping = _detach(segment)
+    try:
+        info = _mapheader.read_header(mapping, map_id, f"map segment {name}")
+    except BaseException:
+        mapping.close()
+        raise
+    return _bind(rt, mapping, map_id, info)
+
+
+def list_maps(rt) -> list[dict]:
+    """Every map of the runtime: id, name, kind, key, value, max_entries, flags, state."""
+    try:
+        d = _directory(rt)
+    except MapNotFound:
+        return []
+    with d as directory:
+        entries = directory.entries_list()
+    out = []
+    for e in entries:
+        flags = ("worker_readonly",) if e["flags"] & _maps.F_WORKER_READONLY else ()
+        out.append({"id": e["id"], "name": e["name"], "kind": KIND_NAMES.get(e["kind"], str(e["kind"])),
+                    "key": e["key_format"], "value": e["value_format"], "max_entries": e["max_entries"],
+                    "flags": flags, "state": STATE_NAMES.get(e["state"], str(e["state"]))})
+    return out
+
+
+# ---------------------------------------------------------------------------
+# hooks for the controller
+
+def set_map_state(rt, map_or_id: Map | int, state: str) -> None:
+    """Move a map to ``"live"``, ``"retired"`` or ``"freed"`` (header and directory)."""
+    if state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+    m = map_or_id if isinstance(map_or_id, Map) else _open_id(rt, map_or_id)
+    m._set_state(STATES[state])
+    with _directory(rt) as directory:
+        directory.set_state(m.id, STATES[state])
+
+
+def destroy_map(rt, map_or_id: Map | int) -> bool:
+    """Free a map at once: state freed, directory entry removed, segment unlinked.
+
+    Processes that still map it keep valid memory until they ``drop_freed``.
+    The controller calls this only after a grace period.  False if already gone."""
+    map_id = map_or_id.id if isinstance(map_or_id, Map) else int(map_or_id)
+    m = rt._map_cache.get(map_id)
+    if m is None or m.closed:
+        try:
+            m = _open_id(rt, map_id)
+        except (MapNotFound, MapClosed):
+            m = None
+    if m is not None and m.writable:
+        m._set_state(_maps.STATE_FREED)
+    with _directory(rt) as directory:
+        directory.remove(map_id)
+    return seg.unlink(seg.shm_name(rt.name, f"map.{map_id}"))
+
+
+def drop_freed(rt) -> int:
+    """Unmap this process's cached maps whose state is freed; returns how many.
+
+    Call at a quiescent point (outside read-side sections): handles of those
+    maps raise MapClosed afterwards."""
+    dropped = 0
+    for map_id, m in list(rt._map_cache.items()):
+        if not isinstance(map_id, int):
+            continue
+        if m.closed or m.state_code == _maps.STATE_FREED:
+            m._close_mapping()
+            del rt._map_cache[map_id]
+            dropped += 1
+    return dropped
+
+
+def mapped_ids(rt) -> list[int]:
+    """Ids of the maps this process has mapped right now."""
+    return sorted(i for i, m in rt._map_cache.items() if isinstance(i, int) and not m.closed)

@@ -1,0 +1,124 @@
+"""array_of_maps / hash_of_maps: templates, swaps, one level of nesting."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+import shmrcu
+from shmrcu import maps
+from shmrcu.errors import InvalidMapSpec, KeyExists, TemplateMismatch
+
+
+def test_array_of_maps_store_swap_delete(runtime):
+    a1 = runtime.create_map("array", value="Q", max_entries=8, name="a1")
+    a2 = runtime.create_map("array", value="Q", max_entries=8, name="a2")
+    outer = runtime.create_map("array_of_maps", max_entries=4, inner=a1, name="routes")
+    assert isinstance(outer, maps.ArrayOfMaps)
+    assert outer.inner_template == {"kind": "array", "key": "I", "value": "Q", "max_entries": 8,
+                                    "worker_readonly": False}
+    assert len(outer) == 0 and 0 not in outer
+    with pytest.raises(KeyError):
+        outer[0]
+    assert outer.get(0) is None
+    outer[0] = a1
+    assert outer[0] is a1 and outer[0].name == "a1" and 0 in outer and len(outer) == 1
+    assert outer.swap(0, a2) is a1 and outer[0] is a2 and outer.swap(1, a1, sync=False) is None
+    del outer[1]
+    with pytest.raises(KeyExists):
+        outer.update(0, a1, maps.NOEXIST)
+    with pytest.raises(KeyError):
+        outer.update(1, a1, maps.EXIST)
+    outer.update(1, a1, maps.NOEXIST)
+    assert outer.inner_ids() == [a2.id, a1.id] and outer.keys() == [0, 1]
+    assert [m.id for m in outer.values()] == [a2.id, a1.id]
+    assert outer.pop_id(1) == a1.id and 1 not in outer
+    del outer[0]
+    assert len(outer) == 0
+    with pytest.raises(KeyError):
+        del outer[0]
+    with pytest.raises(IndexError):
+        outer[4] = a1
+
+
+def test_hash_of_maps(runtime):
+    t = runtime.create_map("hash", key="I", value="QQ", max_entries=16, name="t")
+    big = runtime.create_map("hash", key="I", value="QQ", max_entries=1024)
+    outer = runtime.create_map("hash_of_maps", key="16s", max_entries=8, inner=t)
+    outer[b"tenant-a"] = t
+    outer[b"tenant-b"] = big                  # hash templates ignore max_entries (BPF)
+    assert outer[b"tenant-a"] is t and outer[b"tenant-b"] is big
+    assert sorted(outer.keys()) == [b"tenant-a" + bytes(8), b"tenant-b" + bytes(8)]
+    assert outer.swap(b"tenant-a", big) is t
+    del outer[b"tenant-a"]
+    assert len(outer) == 1 and b"tenant-a" not in outer
+
+
+@pytest.mark.parametrize("other_spec,why", [
+    (dict(kind="hash", key="I", value="Q", max_entries=8), "kind"),
+    (dict(kind="array", value="I", max_entries=8), "value"),
+    (dict(kind="array", value="Q", max_entries=9), "max_entries"),
+    (dict(kind="array", value="Q", max_entries=8, worker_readonly=True), "worker_readonly"),
+    (dict(kind="per_worker_array", value="Q", max_entries=8), "kind"),
+])
+def test_template_mismatch(runtime, other_spec, why):
+    tmpl = runtime.create_map("array", value="Q", max_entries=8)
+    outer = runtime.create_map("array_of_maps", max_entries=2, inner=tmpl)
+    spec = dict(other_spec)
+    other = runtime.create_map(spec.pop("kind"), **spec)
+    with pytest.raises(TemplateMismatch, match=why) as ei:
+        outer[0] = other
+    assert ei.value.errno == errno.EINVAL and isinstance(ei.value, ValueError)
+    assert 0 not in outer
+    with pytest.raises(TemplateMismatch):
+        outer[0] = "not a map"
+
+
+def test_one_level_of_nesting(runtime):
+    tmpl = runtime.create_map("array", value="Q", max_entries=8)
+    outer = runtime.create_map("array_of_maps", max_entries=2, inner=tmpl)
+    with pytest.raises(InvalidMapSpec, match="one level") as ei:
+        runtime.create_map("hash_of_maps", key="I", max_entries=2, inner=outer)
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(InvalidMapSpec, match="leave value unset"):
+        runtime.create_map("array_of_maps", value="I", max_entries=2, inner=tmpl)
+
+
+def test_retired_inner_map_is_refused(runtime):
+    tmpl = runtime.create_map("array", value="Q", max_entries=8)
+    old = runtime.create_map("array", value="Q", max_entries=8)
+    outer = runtime.create_map("array_of_maps", max_entries=2, inner=tmpl)
+    maps.set_map_state(runtime, old, "retired")
+    with pytest.raises(TemplateMismatch, match="retired"):
+        outer[0] = old
+
+
+def test_reader_resolves_inner_maps_lazily(runtime):
+    inner = runtime.create_map("hash", key="I", value="Q", max_entries=8, name="inner")
+    inner[3] = 33
+    outer = runtime.create_map("array_of_maps", max_entries=2, inner=inner, name="outer")
+    outer[1] = inner
+    with shmrcu.Runtime.attach(runtime.name) as other, other.reader() as r:
+        o = other.map("outer")
+        assert maps.mapped_ids(other) == [o.id]
+        with r.section():
+            m = o[1]
+            assert m[3] == 33 and m.name == "inner"
+        assert maps.mapped_ids(other) == sorted([o.id, inner.id])
+        assert o[1] is m                                  # cached by id
+
+
+def test_swap_calls_update_policy(runtime):
+    tmpl = runtime.create_map("array", value="Q", max_entries=2)
+    outer = runtime.create_map("array_of_maps", max_entries=2, inner=tmpl)
+    calls = []
+    runtime._after_outer_update = calls.append
+    try:
+        outer[0] = tmpl
+        outer.swap(0, tmpl, sync=False)
+        del outer[0]
+        with pytest.raises(KeyError):
+            del outer[0]                                  # a failed update never waits
+    finally:
+        del runtime._after_outer_update
+    assert calls == [True, False, True]
