@@ -14,7 +14,6 @@ map after it was read and cleared, and ``counted`` would fall short.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -68,14 +67,6 @@ def _totals(m) -> tuple[int, int]:
     return packets, nbytes
 
 
-def _swap_waits(cfg) -> bool:
-    """Does ``cfg.swap`` wait for a grace period itself (the controller's update-implies-sync)?"""
-    try:
-        return "sync" in inspect.signature(cfg.swap).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class _StopFlag:
     """First Ctrl-C: stop after the current step, with a summary.  Second: abort."""
 
@@ -118,7 +109,6 @@ def _run(rt: Runtime, cfg: DemoConfig, kind: str, stop: _StopFlag, progress: Tex
     b = rt.create_map(kind, key="I", value="QQ", max_entries=cfg.keys, name="stats_b")
     outer = rt.create_map("array_of_maps", key="I", max_entries=1, inner=a, name="cfg")
     outer[0] = a
-    swap_waits = _swap_waits(outer)
     live, spare = a, b
     source = Traffic(seed=cfg.seed, keys=cfg.keys, dist=cfg.dist, batch=cfg.batch)
     pool = WorkerPool(rt, workers=cfg.workers, program="traffic_accounting", source=source,
@@ -146,9 +136,7 @@ def _run(rt: Runtime, cfg: DemoConfig, kind: str, stop: _StopFlag, progress: Tex
             next_tick += cfg.interval_ms / 1000
             # -- the netd step: swap, grace period, read the retired map, clear it
             t0 = time.perf_counter()
-            outer.swap(0, spare)
-            if not swap_waits:
-                rt.synchronize()     # TODO(controller): drop once swap() waits by default
+            outer.swap(0, spare)     # returns after a grace period: no worker holds `live`
             swap_us.append((time.perf_counter() - t0) * 1e6)
             swaps += 1
             live, spare = spare, live

@@ -2,7 +2,7 @@
 
 Every function returns plain dicts and lists (JSON-ready: ints, floats, strs,
 bools, None, lists) so the CLI, ``top`` and tests share one source of truth.
-The field names are stable; they are documented in ``docs/cli.md``.
+The field names are stable; they are documented in the README ("Operating a runtime").
 
 Nothing here takes the controller lease: the CLI attaches as a plain observer
 (no reader slot), so it never holds up a grace period.  The only exception is
@@ -460,7 +460,7 @@ def _round(x: float | None, nd: int) -> float | None:
 
 
 def stat(name: str, sample_s: float = SAMPLE_S) -> dict:
-    """Everything about runtime ``name`` (see docs/cli.md for the fields).
+    """Everything about runtime ``name`` (fields: README, "Operating a runtime").
 
     With ``sample_s > 0`` the reader counters are read twice that far apart,
     so ``events_per_s``/``cpu_percent`` are filled in; with 0 they are None."""
