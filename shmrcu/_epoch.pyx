@@ -61,7 +61,7 @@ waited for.  A live but stuck reader makes ``synchronize(timeout=...)`` raise
 ``GracePeriodTimeout`` naming the slot, pid, epoch lag and time stalled.
 
 Waiting spins briefly (a busy reader on the other core advances within
-microseconds), then yields, then sleeps on a futex in the control segment with
+microseconds), then sleeps on a futex in the control segment with
 growing timeouts capped at 1 ms, so a stalled reader never makes the waiter
 burn a core.  A QSBR reader whose epoch advances while someone sleeps bumps
 the futex and wakes them (once per grace period: the common path of
@@ -74,8 +74,6 @@ cimport cython
 from libc.stdint cimport uint32_t, int32_t, uint64_t, int64_t
 from libc.string cimport memset, strncpy
 from posix.unistd cimport getpid
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
 from shmrcu._layout cimport *
 from shmrcu._segment cimport Mapping
 
@@ -137,9 +135,10 @@ def kernel_synchronize_rcu():
     if r < 0:
         raise OSError(-r, "membarrier(MEMBARRIER_CMD_GLOBAL) failed: " + os.strerror(-r))
 
-# Adaptive waiting: ~spin, then yield, then sleep 20us doubling to 1ms.
-cdef int SPIN_ROUNDS = 4000
-cdef int YIELD_ROUNDS = 50
+# Adaptive waiting: spin, then sleep on the futex 20us doubling to 1ms.  No
+# sched_yield phase: on a box whose cores are all busy with pinned workers, a
+# yield gives the CPU away for a whole scheduler slice (milliseconds).
+cdef int SPIN_ROUNDS = 500
 cdef uint64_t NAP_MIN_NS = 20000
 cdef uint64_t NAP_MAX_NS = 1000000
 # A lagging slot's owner is probed for death after this long, then this often.
@@ -547,9 +546,6 @@ cdef class ControlBlock:
                     next_probe = now + 10 * DEAD_PROBE_NS
                     if self.reclaim_if_dead(i):
                         break
-                if rounds < SPIN_ROUNDS + YIELD_ROUNDS:
-                    sched_yield()
-                    continue
                 if self._sleep(s, token, nap, deadline, now):
                     break
                 if nap < NAP_MAX_NS:
