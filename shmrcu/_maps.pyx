@@ -40,7 +40,7 @@ owner-only add on a per-worker copy.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.errno cimport ENOENT, EEXIST, E2BIG, EINVAL, EPERM, EAGAIN, EINTR
+from libc.errno cimport ENOENT, EEXIST, E2BIG, EINVAL, EPERM, EAGAIN, EINTR, EBUSY
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp, memset
 
@@ -48,7 +48,7 @@ from shmrcu._layout cimport (control_header, worker_slot, SHMRCU_SECTIONS_MEMBAR
                              SHM_MEMBARRIER_CMD_GLOBAL_EXPEDITED, shm_membarrier, shm_load_acquire, shm_load_relaxed, shm_load_seq_cst,
                              shm_store_release, shm_store_relaxed, shm_store_seq_cst, shm_xchg_seq_cst,
                              shm_fetch_add_relaxed, shm_cas_acq_rel, shm_cas_seq_cst, shm_cpu_relax,
-                             shm_fence_seq_cst)
+                             shm_fence_seq_cst, shm_monotonic_ns)
 from shmrcu._maplayout cimport *
 from shmrcu._segment cimport Mapping
 from shmrcu._epoch cimport ControlBlock, Reader
@@ -154,12 +154,25 @@ cdef inline bint key_eq(const char* slot_key, const char* key, uint32_t n) noexc
         return (<const uint32_t*>slot_key)[0] == d
     return memcmp(slot_key, key, n) == 0
 
-cdef inline void backoff(uint32_t* spins) noexcept nogil:
+# A writer waiting on another writer's half-finished insert gives up after this
+# long: the other writer may have died between claiming a slot and publishing it.
+cdef uint64_t STALLED_INSERT_NS = 1000000000
+
+cdef inline bint backoff(uint32_t* spins, uint64_t* since) noexcept nogil:
+    """Spin, then yield; True once we have waited STALLED_INSERT_NS (give up: -EBUSY)."""
+    cdef uint64_t now
     spins[0] += 1
     if spins[0] < 128:
         shm_cpu_relax()
-    else:
-        sched_yield()
+        return False
+    sched_yield()
+    if spins[0] & 63 == 0:
+        now = shm_monotonic_ns()
+        if since[0] == 0:
+            since[0] = now
+        elif now - since[0] > STALLED_INSERT_NS:
+            return True
+    return False
 
 cdef inline char* slot_at(map_view* m, uint64_t i) noexcept nogil:
     return m.slots + i * m.slot_size
@@ -293,6 +306,16 @@ cdef uint64_t poll_readers(map_view* m) noexcept nogil:
         done = shm_load_acquire(&c.completed_epoch)
     return low
 
+cdef int64_t give_up_insert(map_view* m, char* s, uint64_t pending) noexcept nogil:
+    """Abandon our PENDING slot (nobody saw it as the key) and report -EBUSY."""
+    # relaxed: published by the release store of TOMB below
+    shm_store_relaxed(<uint64_t*>(s + 8), 0)
+    # release: retire_epoch is written before the slot reads TOMB
+    shm_store_release(<uint64_t*>s, (pending & ~STATE_MASK) | S_TOMB)
+    # relaxed: giving back our reservation
+    shm_fetch_add_relaxed(&m.hdr.count, <uint64_t>-1)
+    return -EBUSY
+
 # Claim a slot for ``key`` (not found LIVE by the caller), write it, resolve
 # races with concurrent inserters of the same key and publish it.
 cdef int64_t hash_insert(map_view* m, const char* key, uint64_t h, const void* init,
@@ -304,6 +327,7 @@ cdef int64_t hash_insert(map_view* m, const char* key, uint64_t h, const void* i
     cdef char* s
     cdef char* o
     cdef uint32_t c, spins = 0
+    cdef uint64_t since = 0
     cdef bint contender
     # relaxed: the live count is a budget; the atomic RMW alone keeps it exact
     if shm_fetch_add_relaxed(&m.hdr.count, 1) >= m.max_entries:
@@ -346,7 +370,8 @@ cdef int64_t hash_insert(map_view* m, const char* key, uint64_t h, const void* i
                     break
                 if st == S_CLAIMED:
                     # its owner is copying a key in (straight-line code): wait for it
-                    backoff(&spins)
+                    if backoff(&spins, &since):
+                        return give_up_insert(m, s, pending)
                     ctl = shm_load_seq_cst(<uint64_t*>o)
                     continue
                 contender = key_eq(o + SHMRCU_SLOT_HDR, key, m.key_size)
@@ -369,7 +394,8 @@ cdef int64_t hash_insert(map_view* m, const char* key, uint64_t h, const void* i
                     shm_fetch_add_relaxed(&m.hdr.count, <uint64_t>-1)
                     return RETRY
                 # a PENDING copy further from home: wait until its inserter decides
-                backoff(&spins)
+                if backoff(&spins, &since):
+                    return give_up_insert(m, s, pending)
                 ctl = shm_load_seq_cst(<uint64_t*>o)
             if (ctl & STATE_MASK) == S_EMPTY:
                 break
@@ -383,6 +409,7 @@ cdef int64_t mv_upsert(map_view* m, const void* key, const void* init, uint32_t 
     cdef uint64_t h
     cdef int64_t e
     cdef uint32_t spins = 0
+    cdef uint64_t since = 0
     created[0] = False
     if not m.is_hash:
         return array_index(m, key)
@@ -398,7 +425,8 @@ cdef int64_t mv_upsert(map_view* m, const void* key, const void* init, uint32_t 
             if e >= 0:
                 created[0] = True
             return e
-        backoff(&spins)
+        if backoff(&spins, &since):
+            return -EBUSY
 
 cdef int hash_delete(map_view* m, const char* key, uint64_t* old_id) noexcept nogil:
     cdef uint64_t h = hash_bytes(key, m.key_size)
@@ -447,6 +475,7 @@ cdef int mv_update(map_view* m, const void* key, const void* value, uint64_t fla
     cdef int64_t e
     cdef uint64_t h, old
     cdef uint32_t spins = 0
+    cdef uint64_t since = 0
     if flags > <uint64_t>SHMRCU_EXIST:
         return -EINVAL
     if not m.writable:
@@ -474,7 +503,8 @@ cdef int mv_update(map_view* m, const void* key, const void* value, uint64_t fla
         e = hash_insert(m, <const char*>key, h, value, copy)
         if e != RETRY:
             return <int>e if e < 0 else 0
-        backoff(&spins)
+        if backoff(&spins, &since):
+            return -EBUSY
 
 cdef int mv_delete(map_view* m, const void* key) noexcept nogil:
     cdef int64_t e
@@ -521,6 +551,7 @@ cdef int mv_swap_id(map_view* m, const void* key, uint64_t new_id, uint64_t flag
     cdef uint64_t h, cur
     cdef uint64_t* p
     cdef uint32_t spins = 0
+    cdef uint64_t since = 0
     old[0] = 0
     if not m.writable:
         return -EPERM
@@ -561,7 +592,8 @@ cdef int mv_swap_id(map_view* m, const void* key, uint64_t new_id, uint64_t flag
         e = hash_insert(m, <const char*>key, h, &new_id, 0)
         if e != RETRY:
             return <int>e if e < 0 else 0
-        backoff(&spins)
+        if backoff(&spins, &since):
+            return -EBUSY
 
 cdef uint64_t mv_lookup_id(map_view* m, const void* key) noexcept nogil:
     cdef int64_t e = mv_find(m, key)
@@ -927,6 +959,11 @@ cdef class MapCore:
             raise ReadOnlyMap(f"map {self.label()} is worker_readonly: only the controller may write it")
         if rc == -EINVAL:
             raise UnsupportedOperation(f"operation not supported on {self.label()} for key {key!r}")
+        if rc == -EBUSY:
+            raise ShmrcuError(f"insert of key {key!r} into map {self.label()} waited over 1 s on a "
+                              "slot another writer claimed but never published (did a writer "
+                              "process die mid-insert?); rebuild the map and swap it in",
+                              errno=EBUSY)
         raise ShmrcuError(f"map {self.label()}: error {-rc} for key {key!r}", errno=-rc)
 
     cdef str label(self):
@@ -1185,6 +1222,27 @@ cdef class MapCore:
         if e < 0:
             self.raise_rc(<int>e, key)
         return [self.read_value(e, c) for c in range(self.view.n_copies)]
+
+    def _test_abandon_insert(self, key):
+        """TEST ONLY: claim a slot for ``key``, write it, mark it PENDING and stop
+        there -- what a writer killed in the middle of an insert leaves behind."""
+        cdef uint64_t small, h, ctl = 0
+        cdef int64_t mine
+        self.check(True)
+        if not self.view.is_hash:
+            raise UnsupportedOperation("only hash maps have inserts to abandon")
+        kb = self.key_bytes(key, &small)
+        h = hash_bytes(buf_ptr(kb, &small), self.view.key_size)
+        mine = claim_slot(&self.view, home_of(&self.view, h), tag_of(h),
+                          shm_load_acquire(&self.view.ctl.completed_epoch), &ctl)
+        if mine < 0:
+            raise MapFull("no slot to abandon")
+        memcpy(slot_at(&self.view, <uint64_t>mine) + SHMRCU_SLOT_HDR, buf_ptr(kb, &small),
+               self.view.key_size)
+        # seq_cst: as hash_insert's PENDING store
+        shm_store_seq_cst(<uint64_t*>slot_at(&self.view, <uint64_t>mine),
+                          (ctl & ~STATE_MASK) | S_PENDING)
+        return mine
 
     # -- outer maps: inner ids ------------------------------------------------
     def _lookup_id(self, key):

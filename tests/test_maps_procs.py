@@ -6,6 +6,8 @@ import errno
 
 import pytest
 
+import shmrcu
+
 import _map_procs
 
 
@@ -128,3 +130,19 @@ def test_concurrent_churn_keeps_one_copy_per_key(runtime, procs):
     assert len(keys) == len(set(keys)) == m.stats()["live"] == len(m)
     assert all(m[k] == k for k in keys)
     assert m.stats()["in_flight"] == 0
+
+
+def test_insert_behind_a_dead_writers_half_insert_gives_up_with_a_clear_error(runtime):
+    """A writer killed between claiming a slot and publishing it must not hang others."""
+    import errno
+    import time
+
+    m = runtime.create_map("hash", key="I", value="Q", max_entries=64)
+    m._test_abandon_insert(7)          # the state a SIGKILLed inserter of key 7 leaves
+    m[8] = 1                           # other keys are unaffected
+    t0 = time.monotonic()
+    with pytest.raises(shmrcu.ShmrcuError, match="never published") as exc:
+        m[7] = 1
+    assert exc.value.errno == errno.EBUSY
+    assert 0.9 < time.monotonic() - t0 < 10
+    assert m[8] == 1 and 7 not in m and len(m) == 1
