@@ -9,19 +9,12 @@
   5-15 ms; the target here is p50 <= 5 us.
 * 100 swaps in one ``rt.batch()`` vs 100 swaps each with its own grace period.
 """
-import multiprocessing as mp
 import statistics
 import time
 
 import shmrcu
-from shmrcu import _epoch
 
-import _bench_procs
-
-
-def percentiles(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2], xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+from _bench_procs import kernel_grace_periods, percentiles, start_busy_reader
 
 
 def outer_with_two_inners(rt):
@@ -32,20 +25,10 @@ def outer_with_two_inners(rt):
     return a, b, cfg
 
 
-def busy_reader(rt_name):
-    ctx = mp.get_context("spawn")
-    stop, ready = ctx.RawArray("B", 1), ctx.Event()
-    p = ctx.Process(target=_bench_procs.busy_reader, args=(rt_name, stop, ready, False, 200))
-    p.start()
-    assert ready.wait(30)
-    time.sleep(0.2)
-    return p, stop
-
-
 def test_swap_with_grace_period(benchmark, rt_name):
     with shmrcu.Runtime.create(rt_name) as rt:
         a, b, cfg = outer_with_two_inners(rt)
-        p, stop = busy_reader(rt_name)
+        p, stop = start_busy_reader(rt_name)
         try:
             maps, lat, clock = [b, a], [], time.perf_counter_ns
             i = [0]
@@ -56,11 +39,7 @@ def test_swap_with_grace_period(benchmark, rt_name):
                 lat.append(clock() - t0)
                 i[0] += 1
             benchmark.pedantic(one, rounds=20000, iterations=1, warmup_rounds=100)
-            kern = []
-            for _ in range(200):
-                t0 = clock()
-                _epoch.kernel_synchronize_rcu()
-                kern.append(clock() - t0)
+            kern = kernel_grace_periods()
         finally:
             stop[0] = 1
             p.join(10)
@@ -76,7 +55,7 @@ def test_swap_with_grace_period(benchmark, rt_name):
 def test_batch_vs_individual_grace_periods(benchmark, rt_name):
     with shmrcu.Runtime.create(rt_name) as rt:
         a, b, cfg = outer_with_two_inners(rt)
-        p, stop = busy_reader(rt_name)
+        p, stop = start_busy_reader(rt_name)
         try:
             def individual():
                 for i in range(100):

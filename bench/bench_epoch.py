@@ -7,16 +7,15 @@ nogil loop (ns/op), and rt.synchronize() latency p50/p99 from Python with one
 reader process busy on the other core, next to the kernel's own grace period
 (membarrier(MEMBARRIER_CMD_GLOBAL)) timed in the same run.
 """
-import multiprocessing as mp
 import statistics
 import time
 
 import pytest
 
 import shmrcu
-from shmrcu import _bench, _epoch
+from shmrcu import _bench
 
-import _bench_procs
+from _bench_procs import kernel_grace_periods, percentiles, start_busy_reader
 
 LOOP = 20_000_000
 
@@ -45,21 +44,11 @@ def test_section_enter_exit_nogil(benchmark, rt_name, sections):
         per_op(benchmark, lambda n: _bench.section_loop(r, n), LOOP // 4)
 
 
-def percentiles(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2], xs[min(len(xs) - 1, int(len(xs) * 0.99))]
-
-
 @pytest.mark.parametrize("style", ["sections", "qsbr"])
 def test_synchronize_with_busy_reader(benchmark, rt_name, style):
-    ctx = mp.get_context("spawn")
-    stop, ready = ctx.RawArray("B", 1), ctx.Event()
     with shmrcu.Runtime.create(rt_name) as rt:
-        p = ctx.Process(target=_bench_procs.busy_reader, args=(rt_name, stop, ready, style == "qsbr", 200))
-        p.start()
+        p, stop = start_busy_reader(rt_name, qsbr=style == "qsbr")
         try:
-            assert ready.wait(30)
-            time.sleep(0.2)
             lat = []
             clock = time.perf_counter_ns
 
@@ -68,11 +57,7 @@ def test_synchronize_with_busy_reader(benchmark, rt_name, style):
                 rt.synchronize(timeout=5)
                 lat.append(clock() - t0)
             benchmark.pedantic(one, rounds=20000, iterations=1, warmup_rounds=100)
-            kern = []
-            for _ in range(200):
-                t0 = clock()
-                _epoch.kernel_synchronize_rcu()
-                kern.append(clock() - t0)
+            kern = kernel_grace_periods()
         finally:
             stop[0] = 1
             p.join(10)

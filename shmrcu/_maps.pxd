@@ -88,6 +88,7 @@ cdef class MapCore:
     cdef object read_value(self, int64_t e, uint32_t copy)
     cdef object read_sum(self, int64_t e)
     cdef object read_key(self, uint64_t i)
+    cdef int64_t entry_of(self, object key) except -1
     cdef int raise_rc(self, int rc, object key) except -1
     cdef str label(self)
     cdef int run_update(self, const void* key, const void* value, uint64_t flags, uint32_t copy) except? -1

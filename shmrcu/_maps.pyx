@@ -942,6 +942,16 @@ cdef class MapCore:
             return unpack_int(p, self.key_signed, self.view.key_size)
         return self.key_struct.unpack(PyBytes_FromStringAndSize(p, self.view.key_size))
 
+    cdef int64_t entry_of(self, object key) except -1:
+        """The entry index of ``key`` for a read, or the map's error for it."""
+        cdef uint64_t small
+        self.check(False)
+        kb = self.key_bytes(key, &small)
+        cdef int64_t e = mv_find(&self.view, buf_ptr(kb, &small))
+        if e < 0:
+            self.raise_rc(<int>e, key)
+        return e
+
     cdef int raise_rc(self, int rc, object key) except -1:
         if rc == -ENOENT:
             raise KeyNotFound(key)
@@ -1213,14 +1223,7 @@ cdef class MapCore:
 
     def per_worker(self, key):
         """Per-worker maps: the list of every worker slot's copy of ``key``'s value."""
-        cdef uint64_t small
-        cdef int64_t e
-        cdef object kb
-        self.check(False)
-        kb = self.key_bytes(key, &small)
-        e = mv_find(&self.view, buf_ptr(kb, &small))
-        if e < 0:
-            self.raise_rc(<int>e, key)
+        cdef int64_t e = self.entry_of(key)
         return [self.read_value(e, c) for c in range(self.view.n_copies)]
 
     def _test_abandon_insert(self, key):
@@ -1247,14 +1250,7 @@ cdef class MapCore:
     # -- outer maps: inner ids ------------------------------------------------
     def _lookup_id(self, key):
         """The inner map id at ``key`` (KeyError if empty)."""
-        cdef uint64_t small
-        cdef int64_t e
-        cdef object kb
-        self.check(False)
-        kb = self.key_bytes(key, &small)
-        e = mv_find(&self.view, buf_ptr(kb, &small))
-        if e < 0:
-            self.raise_rc(<int>e, key)
+        cdef int64_t e = self.entry_of(key)
         # acquire: pairs with the exchange that stored the id
         return shm_load_acquire(<uint64_t*>value_at(&self.view, <uint64_t>e, 0))
 
