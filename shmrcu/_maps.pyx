@@ -306,6 +306,21 @@ cdef uint64_t poll_readers(map_view* m) noexcept nogil:
         done = shm_load_acquire(&c.completed_epoch)
     return low
 
+cdef bint insert_in_flight(map_view* m, uint64_t home, uint64_t tag) noexcept nogil:
+    """Is a slot with this key's tag being inserted (CLAIMED / PENDING) on its probe path?"""
+    cdef uint64_t i = home
+    cdef uint64_t n, ctl, st
+    for n in range(m.capacity):
+        # acquire: as in claim_slot
+        ctl = shm_load_acquire(<uint64_t*>slot_at(m, i))
+        st = ctl & STATE_MASK
+        if st == S_EMPTY:
+            return False
+        if (st == S_CLAIMED or st == S_PENDING) and (ctl >> 32) == tag:
+            return True
+        i = (i + 1) & m.mask
+    return False
+
 cdef int64_t give_up_insert(map_view* m, char* s, uint64_t pending) noexcept nogil:
     """Abandon our PENDING slot (nobody saw it as the key) and report -EBUSY."""
     # relaxed: published by the release store of TOMB below
@@ -333,6 +348,10 @@ cdef int64_t hash_insert(map_view* m, const char* key, uint64_t h, const void* i
     if shm_fetch_add_relaxed(&m.hdr.count, 1) >= m.max_entries:
         # relaxed: giving back our reservation
         shm_fetch_add_relaxed(&m.hdr.count, <uint64_t>-1)
+        # full -- unless the reservation that filled it is a concurrent insert of
+        # this very key: then wait for it and find the key (an update, not an insert)
+        if insert_in_flight(m, home, tag) or hash_find(m, key, h, NULL) >= 0:
+            return RETRY
         return -E2BIG
     # acquire: pairs with the grace-period waiter's acq_rel CAS of completed_epoch,
     # so the readers it waited for are done with tombstones retired before it

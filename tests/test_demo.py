@@ -61,6 +61,7 @@ def test_demo_json_is_exact_and_leaves_nothing():
     s = json.loads(out)
     assert KEYS <= s.keys()
     assert s["exact"] is True and s["counted"] == s["applied"] == s["events"] > 0
+    assert s["dropped"] == 0, "max_entries == keys: every event has a slot"
     assert s["workers"] == 2 and s["restarts"] == 0
     assert s["grace_periods"] >= s["swaps"] > 5
     assert s["gp_p50_us"] is not None and s["gp_p99_us"] >= s["gp_p50_us"]
