@@ -1255,6 +1255,8 @@ cdef class MapCore:
             raise UnsupportedOperation("only hash maps have inserts to abandon")
         kb = self.key_bytes(key, &small)
         h = hash_bytes(buf_ptr(kb, &small), self.view.key_size)
+        # relaxed: a real insert reserves its place in the live count first
+        shm_fetch_add_relaxed(&self.view.hdr.count, 1)
         mine = claim_slot(&self.view, home_of(&self.view, h), tag_of(h),
                           shm_load_acquire(&self.view.ctl.completed_epoch), &ctl)
         if mine < 0:

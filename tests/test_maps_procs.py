@@ -145,4 +145,18 @@ def test_insert_behind_a_dead_writers_half_insert_gives_up_with_a_clear_error(ru
         m[7] = 1
     assert exc.value.errno == errno.EBUSY
     assert 0.9 < time.monotonic() - t0 < 10
-    assert m[8] == 1 and 7 not in m and len(m) == 1
+    assert m[8] == 1 and 7 not in m
+
+
+def test_full_map_waits_for_an_in_flight_insert_of_the_same_key(runtime):
+    """The reservation that filled the map belongs to an insert of *this* key: no MapFull."""
+    import errno
+
+    m = runtime.create_map("hash", key="I", value="Q", max_entries=2)
+    m[1] = 1
+    m._test_abandon_insert(2)          # an insert of key 2 in flight (here: never finishing)
+    with pytest.raises(shmrcu.ShmrcuError, match="never published") as exc:
+        m[2] = 5                       # not MapFull: it waits for that insert, then gives up
+    assert exc.value.errno == errno.EBUSY
+    with pytest.raises(shmrcu.MapFull):
+        m[3] = 1                       # another key: the map really is full
