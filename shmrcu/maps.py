@@ -353,13 +353,16 @@ def _validate(rt, kind, key, value, max_entries, name, inner, worker_readonly) -
 
 
 def _check_memory(kind: str, size: int) -> None:
+    """Refuse a map that could never fit.  What is merely *in use* right now is
+    not checked here: creation then fails with ENOSPC, which
+    ``create_map(wait_for_memory=True)`` answers by freeing retired maps."""
     st = os.statvfs(seg.SHM_DIR)
-    shm_free = st.f_bavail * st.f_frsize
+    shm_total = st.f_blocks * st.f_frsize
     phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    limit = min(shm_free, phys)
+    limit = min(shm_total, phys)
     if size > limit:
-        raise _spec_error(f"{kind} map needs {size} bytes of shared memory but only {limit} are "
-                          f"available ({seg.SHM_DIR} free: {shm_free}, RAM: {phys}); "
+        raise _spec_error(f"{kind} map needs {size} bytes of shared memory but at most {limit} "
+                          f"could ever be available ({seg.SHM_DIR} size: {shm_total}, RAM: {phys}); "
                           f"lower max_entries (or max_workers for per-worker maps)", _errno.E2BIG)
 
 
