@@ -10,9 +10,13 @@ probed linearly from ``hash & mask``.  Each slot starts with a control word
 * Lookup walks from the home slot, acquire-loading ``ctl``; a LIVE slot whose
   tag and key match is the answer, an EMPTY slot ends the search.  Lookups
   never write and never wait.
-* Insert first reserves room (``count`` below ``max_entries``), then claims the
-  first slot on the probe path that is EMPTY or a tombstone whose grace
-  period is over, with a CAS to CLAIMED (a new generation).  It writes the key
+* Insert claims the first slot on the probe path that is EMPTY or a tombstone
+  whose grace period is over, with a CAS to CLAIMED (a new generation), then
+  reserves room (``count`` below ``max_entries``).  A reservation is only held
+  while its slot is visibly CLAIMED/PENDING and is given back before the slot
+  turns TOMB, so an insert that finds the count full tells "really full" from
+  "inserts in flight" by scanning for such slots (E2BIG only for the first).
+  It writes the key
   and the value, stores PENDING (seq_cst), and scans the probe path for another
   inserter of the same key: the two PENDING stores and the two scans form a
   Dekker pair, so of two concurrent inserters at least one sees the other.
@@ -306,29 +310,46 @@ cdef uint64_t poll_readers(map_view* m) noexcept nogil:
         done = shm_load_acquire(&c.completed_epoch)
     return low
 
-cdef bint insert_in_flight(map_view* m, uint64_t home, uint64_t tag) noexcept nogil:
-    """Is a slot with this key's tag being inserted (CLAIMED / PENDING) on its probe path?"""
-    cdef uint64_t i = home
-    cdef uint64_t n, ctl, st
-    for n in range(m.capacity):
+cdef bint insert_in_flight(map_view* m) noexcept nogil:
+    """Is any insert between its reservation and its verdict (a CLAIMED / PENDING slot)?
+
+    Only asked when the map looks full, so the full scan costs nothing on the
+    common path."""
+    cdef uint64_t i, st
+    for i in range(m.capacity):
         # acquire: as in claim_slot
-        ctl = shm_load_acquire(<uint64_t*>slot_at(m, i))
-        st = ctl & STATE_MASK
-        if st == S_EMPTY:
-            return False
-        if (st == S_CLAIMED or st == S_PENDING) and (ctl >> 32) == tag:
+        st = shm_load_acquire(<uint64_t*>slot_at(m, i)) & STATE_MASK
+        if st == S_CLAIMED or st == S_PENDING:
             return True
-        i = (i + 1) & m.mask
     return False
 
-cdef int64_t give_up_insert(map_view* m, char* s, uint64_t pending) noexcept nogil:
-    """Abandon our PENDING slot (nobody saw it as the key) and report -EBUSY."""
+cdef inline void release_claim(char* s, uint64_t ctl) noexcept nogil:
+    """Free a slot we claimed but never published: nobody saw it as a key, so it is
+    reusable at once (retire_epoch 0)."""
     # relaxed: published by the release store of TOMB below
     shm_store_relaxed(<uint64_t*>(s + 8), 0)
     # release: retire_epoch is written before the slot reads TOMB
-    shm_store_release(<uint64_t*>s, (pending & ~STATE_MASK) | S_TOMB)
-    # relaxed: giving back our reservation
+    shm_store_release(<uint64_t*>s, (ctl & ~STATE_MASK) | S_TOMB)
+
+cdef int64_t full_or_retry(map_view* m, const char* key, uint64_t h) noexcept nogil:
+    """The count says full.  Unless reservations of inserts still in flight fill it
+    -- one may be of this very key (then we update it), or may yield to a
+    concurrent insert of its own key and give its reservation back -- it is."""
+    # The scan comes first: an insert it does not see in flight has finished,
+    # so the lookup after it finds the key if that insert was of this key.
+    if insert_in_flight(m) or hash_find(m, key, h, NULL) >= 0:
+        return RETRY
+    # acquire (after the scan): an inserter gives its reservation back before its
+    # slot turns TOMB; if the scan saw that TOMB, we see the smaller count here
+    if shm_load_acquire(&m.hdr.count) < m.max_entries:
+        return RETRY
+    return -E2BIG
+
+cdef int64_t give_up_insert(map_view* m, char* s, uint64_t pending) noexcept nogil:
+    """Abandon our PENDING slot (nobody saw it as the key) and report -EBUSY."""
+    # relaxed: giving back our reservation while the slot still looks in flight
     shm_fetch_add_relaxed(&m.hdr.count, <uint64_t>-1)
+    release_claim(s, pending)
     return -EBUSY
 
 # Claim a slot for ``key`` (not found LIVE by the caller), write it, resolve
@@ -344,15 +365,10 @@ cdef int64_t hash_insert(map_view* m, const char* key, uint64_t h, const void* i
     cdef uint32_t c, spins = 0
     cdef uint64_t since = 0
     cdef bint contender
-    # relaxed: the live count is a budget; the atomic RMW alone keeps it exact
-    if shm_fetch_add_relaxed(&m.hdr.count, 1) >= m.max_entries:
-        # relaxed: giving back our reservation
-        shm_fetch_add_relaxed(&m.hdr.count, <uint64_t>-1)
-        # full -- unless the reservation that filled it is a concurrent insert of
-        # this very key: then wait for it and find the key (an update, not an insert)
-        if insert_in_flight(m, home, tag) or hash_find(m, key, h, NULL) >= 0:
-            return RETRY
-        return -E2BIG
+    # Claim first, reserve second: a reservation is only ever held while our
+    # CLAIMED/PENDING slot is visible (and is given back before the slot turns
+    # TOMB), so an inserter that finds the map full can tell "really full" from
+    # "reservations of inserts in flight" by looking at the slots.
     # acquire: pairs with the grace-period waiter's acq_rel CAS of completed_epoch,
     # so the readers it waited for are done with tombstones retired before it
     completed = shm_load_acquire(&m.ctl.completed_epoch)
@@ -361,11 +377,18 @@ cdef int64_t hash_insert(map_view* m, const char* key, uint64_t h, const void* i
         # the readers have all moved on since: tombstones they held are free now
         mine = claim_slot(m, home, tag, shm_load_acquire(&m.ctl.completed_epoch), &mine_ctl)
     if mine < 0:
-        # relaxed: giving back our reservation
-        shm_fetch_add_relaxed(&m.hdr.count, <uint64_t>-1)
+        # relaxed: a budget check only
+        if shm_load_relaxed(&m.hdr.count) >= m.max_entries:
+            return full_or_retry(m, key, h)
         return -EAGAIN            # only tombstones inside their grace period are left
-
     s = slot_at(m, <uint64_t>mine)
+    # relaxed: the live count is a budget; the atomic RMW alone keeps it exact
+    if shm_fetch_add_relaxed(&m.hdr.count, 1) >= m.max_entries:
+        # relaxed: giving back our reservation (before the slot stops looking in flight)
+        shm_fetch_add_relaxed(&m.hdr.count, <uint64_t>-1)
+        release_claim(s, mine_ctl)
+        return full_or_retry(m, key, h)
+
     memset(s + SHMRCU_SLOT_HDR, 0, m.key_stride)
     memcpy(s + SHMRCU_SLOT_HDR, key, m.key_size)
     for c in range(m.n_copies):
@@ -404,13 +427,10 @@ cdef int64_t hash_insert(map_view* m, const char* key, uint64_t h, const void* i
                 if not contender:
                     break
                 if st == S_LIVE or probe_distance(m, home, i) < probe_distance(m, home, <uint64_t>mine):
-                    # yield: nobody ever saw our PENDING slot as the key, so it is
-                    # reusable at once (retire_epoch 0)
-                    shm_store_relaxed(<uint64_t*>(s + 8), 0)
-                    # release: retire_epoch is written before the slot reads TOMB
-                    shm_store_release(<uint64_t*>s, (pending & ~STATE_MASK) | S_TOMB)
-                    # relaxed: giving back our reservation
+                    # yield: give the reservation back while our slot still looks
+                    # in flight (relaxed: the count is a budget), then free the slot
                     shm_fetch_add_relaxed(&m.hdr.count, <uint64_t>-1)
+                    release_claim(s, pending)
                     return RETRY
                 # a PENDING copy further from home: wait until its inserter decides
                 if backoff(&spins, &since):

@@ -148,15 +148,19 @@ def test_insert_behind_a_dead_writers_half_insert_gives_up_with_a_clear_error(ru
     assert m[8] == 1 and 7 not in m
 
 
-def test_full_map_waits_for_an_in_flight_insert_of_the_same_key(runtime):
-    """The reservation that filled the map belongs to an insert of *this* key: no MapFull."""
+def test_full_map_waits_for_inserts_in_flight(runtime):
+    """A map filled only by reservations of inserts in flight is not full yet: those
+    inserts may be of this key, or yield and give their reservation back."""
     import errno
 
     m = runtime.create_map("hash", key="I", value="Q", max_entries=2)
     m[1] = 1
     m._test_abandon_insert(2)          # an insert of key 2 in flight (here: never finishing)
-    with pytest.raises(shmrcu.ShmrcuError, match="never published") as exc:
-        m[2] = 5                       # not MapFull: it waits for that insert, then gives up
-    assert exc.value.errno == errno.EBUSY
+    for key in (2, 3):
+        with pytest.raises(shmrcu.ShmrcuError, match="never published") as exc:
+            m[key] = 5                 # not MapFull: it waits for that insert, then gives up
+        assert exc.value.errno == errno.EBUSY
+    m2 = runtime.create_map("hash", key="I", value="Q", max_entries=2)
+    m2[1] = m2[2] = 1
     with pytest.raises(shmrcu.MapFull):
-        m[3] = 1                       # another key: the map really is full
+        m2[3] = 1                      # nothing in flight: really full, at once
