@@ -38,3 +38,24 @@ def start_busy_reader(rt_name, qsbr=False, batch=200):
     assert ready.wait(30)
     time.sleep(0.2)
     return p, stop
+
+
+def latency_vs_kernel(benchmark, label, op, rounds=20000):
+    """Time ``op`` one call per round (p50/p99) next to the kernel's grace period,
+    record both in the benchmark's extra_info and print one line."""
+    import time
+    lat, clock = [], time.perf_counter_ns
+
+    def one():
+        t0 = clock()
+        op()
+        lat.append(clock() - t0)
+    benchmark.pedantic(one, rounds=rounds, iterations=1, warmup_rounds=100)
+    kern = kernel_grace_periods()
+    p50, p99 = percentiles(lat)
+    k50, k99 = percentiles(kern)
+    benchmark.extra_info.update(p50_us=p50 / 1e3, p99_us=p99 / 1e3, kernel_gp_p50_us=k50 / 1e3,
+                                kernel_gp_p99_us=k99 / 1e3, kernel_over_shmrcu=k50 / p50)
+    print(f"\n  {label}: p50 {p50/1e3:.2f} us  p99 {p99/1e3:.2f} us | "
+          f"kernel membarrier(GLOBAL): p50 {k50/1e3:.0f} us  p99 {k99/1e3:.0f} us | "
+          f"ratio kernel/shmrcu p50 = {k50/p50:,.0f}x")

@@ -14,7 +14,7 @@ import time
 
 import shmrcu
 
-from _bench_procs import kernel_grace_periods, percentiles, start_busy_reader
+from _bench_procs import latency_vs_kernel, start_busy_reader
 
 
 def outer_with_two_inners(rt):
@@ -30,26 +30,15 @@ def test_swap_with_grace_period(benchmark, rt_name):
         a, b, cfg = outer_with_two_inners(rt)
         p, stop = start_busy_reader(rt_name)
         try:
-            maps, lat, clock = [b, a], [], time.perf_counter_ns
-            i = [0]
+            maps, i = [b, a], [0]
 
-            def one():
-                t0 = clock()
+            def swap():
                 cfg.swap(0, maps[i[0] & 1])
-                lat.append(clock() - t0)
                 i[0] += 1
-            benchmark.pedantic(one, rounds=20000, iterations=1, warmup_rounds=100)
-            kern = kernel_grace_periods()
+            latency_vs_kernel(benchmark, "outer.swap + grace period (reader busy)", swap)
         finally:
             stop[0] = 1
             p.join(10)
-    p50, p99 = percentiles(lat)
-    k50, k99 = percentiles(kern)
-    benchmark.extra_info.update(p50_us=p50 / 1e3, p99_us=p99 / 1e3, kernel_gp_p50_us=k50 / 1e3,
-                                kernel_gp_p99_us=k99 / 1e3)
-    print(f"\n  outer.swap + grace period (reader busy): p50 {p50/1e3:.2f} us  p99 {p99/1e3:.2f} us"
-          f" | kernel membarrier(GLOBAL): p50 {k50/1e3:.0f} us  p99 {k99/1e3:.0f} us"
-          f" | ratio {k50/p50:,.0f}x")
 
 
 def test_batch_vs_individual_grace_periods(benchmark, rt_name):

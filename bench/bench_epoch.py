@@ -8,14 +8,13 @@ reader process busy on the other core, next to the kernel's own grace period
 (membarrier(MEMBARRIER_CMD_GLOBAL)) timed in the same run.
 """
 import statistics
-import time
 
 import pytest
 
 import shmrcu
 from shmrcu import _bench
 
-from _bench_procs import kernel_grace_periods, percentiles, start_busy_reader
+from _bench_procs import latency_vs_kernel, start_busy_reader
 
 LOOP = 20_000_000
 
@@ -49,22 +48,8 @@ def test_synchronize_with_busy_reader(benchmark, rt_name, style):
     with shmrcu.Runtime.create(rt_name) as rt:
         p, stop = start_busy_reader(rt_name, qsbr=style == "qsbr")
         try:
-            lat = []
-            clock = time.perf_counter_ns
-
-            def one():
-                t0 = clock()
-                rt.synchronize(timeout=5)
-                lat.append(clock() - t0)
-            benchmark.pedantic(one, rounds=20000, iterations=1, warmup_rounds=100)
-            kern = kernel_grace_periods()
+            latency_vs_kernel(benchmark, f"synchronize ({style} reader busy)",
+                              lambda: rt.synchronize(timeout=5))
         finally:
             stop[0] = 1
             p.join(10)
-    p50, p99 = percentiles(lat)
-    k50, k99 = percentiles(kern)
-    benchmark.extra_info.update(p50_us=p50 / 1e3, p99_us=p99 / 1e3, kernel_gp_p50_us=k50 / 1e3,
-                                kernel_gp_p99_us=k99 / 1e3, kernel_over_shmrcu=k50 / p50)
-    print(f"\n  synchronize ({style} reader busy): p50 {p50/1e3:.2f} us  p99 {p99/1e3:.2f} us | "
-          f"kernel membarrier(GLOBAL): p50 {k50/1e3:.0f} us  p99 {k99/1e3:.0f} us | "
-          f"ratio kernel/shmrcu p50 = {k50/p50:,.0f}x")
