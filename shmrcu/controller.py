@@ -41,6 +41,9 @@ class Controller:
         self._lock = threading.Lock()          # guards the two dicts below (controller only)
         self._pending: dict[int, tuple[int, int]] = {}   # map id -> (grace-period token, bytes)
         self._freed_bytes: dict[int, int] = {}           # freed, maybe still mapped somewhere
+        # Held for a whole free (pop .. generation bump): barrier() takes it to wait for a
+        # free the background thread has popped but not finished.
+        self._freeing = threading.Lock()
         self._batch_depth = 0
         self._batch_dirty = False
         self._stop = threading.Event()
@@ -104,14 +107,15 @@ class Controller:
 
     def _free(self, map_id: int) -> None:
         from . import maps
-        with self._lock:
-            entry = self._pending.pop(map_id, None)
-        if entry is None:
-            return
-        maps.destroy_map(self.rt, map_id)     # state freed (mappers see it), unlinked
-        with self._lock:
-            self._freed_bytes[map_id] = entry[1]
-        self.rt._control.bump_freed_generation()
+        with self._freeing:
+            with self._lock:
+                entry = self._pending.pop(map_id, None)
+            if entry is None:
+                return
+            maps.destroy_map(self.rt, map_id)     # state freed (mappers see it), unlinked
+            with self._lock:
+                self._freed_bytes[map_id] = entry[1]
+            self.rt._control.bump_freed_generation()
         self.rt.housekeeping()                                    # our own mapping goes at once
 
     def _ensure_thread(self) -> None:
@@ -154,6 +158,8 @@ class Controller:
         for map_id, (token, _) in pending:
             self.rt.wait_grace_period(token, _remaining(deadline))
             self._free(map_id)
+        with self._freeing:       # a free the background thread began is in this barrier too
+            pass
         control = self.rt._control
         generation = control.freed_generation
         self.rt.housekeeping()

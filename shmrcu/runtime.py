@@ -44,6 +44,9 @@ class Runtime:
         self._pid = os.getpid()
         self._map_cache: dict[int, Any] = {}   # id -> opened map (maps layer)
         self._freed_seen = control.freed_generation
+        # The housekeeper thread and a caller's thread may both notice a free;
+        # only the slow path (a map was freed) takes it, never a read path.
+        self._housekeeping_lock = threading.Lock()
         self._housekeeper_stop = threading.Event()
         threading.Thread(target=self._housekeeper, args=(self._housekeeper_stop,),
                          name=f"shmrcu-housekeeper-{name}", daemon=True).start()
@@ -249,11 +252,15 @@ class Runtime:
         if gen == self._freed_seen:
             return
         from . import maps
-        maps.drop_freed(self)
-        self._freed_seen = gen
-        for r in list(self._readers):
-            if not r.closed:
-                r.mark_freed_seen(gen)
+        with self._housekeeping_lock:
+            gen = self._control.freed_generation    # re-read: the other thread may have done it
+            if gen == self._freed_seen:
+                return
+            maps.drop_freed(self)
+            self._freed_seen = gen
+            for r in list(self._readers):
+                if not r.closed:
+                    r.mark_freed_seen(gen)
 
     def _housekeeper(self, stop: threading.Event) -> None:
         """Background: when every reader here is offline, drop freed maps (idle processes

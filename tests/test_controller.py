@@ -205,3 +205,41 @@ def test_takeover_completes_pending_frees(rt_name, procs):
             assert left == []
             rt.destroy()
     assert seg.runtime_segments(rt_name) == []
+
+
+def test_barrier_and_housekeeping_race_from_many_threads(runtime):
+    """The housekeeper thread, the free thread and a caller's barrier() all notice a
+    free: racing them must neither fail (a CI failure once: KeyError) nor let
+    barrier() return before a free the background thread had begun is done."""
+    import threading
+    maps = [runtime.create_map("array", value="Q", max_entries=4, name=f"m{i}") for i in range(40)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                runtime.housekeeping()
+            except BaseException as e:       # noqa: BLE001 - the assertion below reports it
+                errors.append(e)
+                return
+
+    import sys
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)              # switch threads often: make the race likely
+    for t in threads:
+        t.start()
+    try:
+        for m in maps:
+            runtime.retire(m)
+            runtime.barrier(timeout=10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert all(m.closed for m in maps)
+    from shmrcu import maps as maps_module
+    assert not set(maps_module.mapped_ids(runtime)) & {m.id for m in maps}
