@@ -533,7 +533,7 @@ def drop_freed(rt) -> int:
             continue
         if m.closed or m.state_code == _maps.STATE_FREED:
             m._close_mapping()
-            rt._map_cache.pop(map_id, None)
+            del rt._map_cache[map_id]
             dropped += 1
     return dropped
 
