@@ -6,10 +6,10 @@ grace periods.  Start with ``Runtime.create`` / ``Runtime.attach``.
 """
 from ._epoch import Reader
 from ._maps import ANY, EXIST, NOEXIST
-from .errors import (ControllerBusy, CorruptSegment, GracePeriodTimeout, IndexOutOfRange,
+from .errors import (ControllerBusy, CorruptSegment, GracePeriodTimeout, IndexOutOfRange, InheritedAcrossFork,
                      InvalidMapSpec, KeyExists, KeyNotFound, MapClosed, MapExists, MapFull, MapInUse,
-                     MapNotFound, NoFreeSlot, OutOfSharedMemory, ReaderClosed, ReadOnlyMap,
-                     RuntimeExists, RuntimeNotFound, ShmrcuError, StalledSlot, TemplateMismatch,
+                     MapNotFound, NoFreeSlot, NotController, OutOfSharedMemory, ReaderClosed, ReadOnlyMap,
+                     RuntimeExists, RuntimeNotFound, SelfDeadlock, ShmrcuError, StalledSlot, TemplateMismatch,
                      UnsupportedOperation)
 from .runtime import Runtime
 from . import maps
@@ -23,5 +23,5 @@ __all__ = [
     "ReaderClosed", "GracePeriodTimeout", "StalledSlot", "ControllerBusy", "MapInUse",
     "OutOfSharedMemory", "KeyNotFound", "KeyExists", "MapFull", "IndexOutOfRange", "ReadOnlyMap",
     "MapClosed", "MapNotFound", "MapExists", "InvalidMapSpec", "TemplateMismatch",
-    "UnsupportedOperation",
+    "UnsupportedOperation", "InheritedAcrossFork", "NotController", "SelfDeadlock",
 ]

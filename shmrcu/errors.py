@@ -60,6 +60,27 @@ class ReaderClosed(ShmrcuError, RuntimeError):
     errno = _errno.EBADF
 
 
+class InheritedAcrossFork(ReaderClosed):
+    """A reader (or a section of one) was created in another process and inherited by
+    ``fork()``: its slot belongs to the parent.  Make a reader in this process."""
+
+    errno = _errno.EBADF
+
+
+class NotController(ShmrcuError, RuntimeError):
+    """A controller-only call from a process that does not hold the controller lease
+    (a forked child of the controller never inherits it)."""
+
+    errno = _errno.EPERM
+
+
+class SelfDeadlock(ShmrcuError, RuntimeError):
+    """A wait for a grace period from a thread inside its own read-side section:
+    it would wait for itself (lockdep's rule for synchronize_rcu under rcu_read_lock)."""
+
+    errno = _errno.EDEADLK
+
+
 @dataclass(frozen=True)
 class StalledSlot:
     """One reader that held a grace period up."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import segment as seg
 from ._epoch import SECTIONS_FENCE, SECTIONS_MEMBARRIER, ControlBlock, Reader, membarrier_register
-from .errors import (ControllerBusy, CorruptSegment, OutOfSharedMemory, ReaderClosed, RuntimeExists,
+from .errors import (ControllerBusy, CorruptSegment, NotController, OutOfSharedMemory, ReaderClosed, RuntimeExists,
                      RuntimeNotFound, ShmrcuError)
 
 _SECTIONS = {"fence": SECTIONS_FENCE, "membarrier": SECTIONS_MEMBARRIER}
@@ -142,8 +142,8 @@ class Runtime:
     def controller(self):
         """The Controller while this process holds the lease; else ``ControllerBusy``/error."""
         if self._controller is None:
-            raise ShmrcuError(f"this process is not the controller of runtime {self.name!r}: "
-                              "use Runtime.attach(name, controller=True)")
+            raise NotController(f"this process is not the controller of runtime {self.name!r}: "
+                                "use Runtime.attach(name, controller=True)")
         return self._controller
 
     def close(self) -> None:
@@ -165,8 +165,8 @@ class Runtime:
     def destroy(self) -> list[str]:
         """Unlink every segment of this runtime (the controller's job); returns their names."""
         if not self.is_controller:
-            raise ShmrcuError(f"only the controller of runtime {self.name!r} may destroy it "
-                              "(Runtime.attach(name, controller=True) takes control)")
+            raise NotController(f"only the controller of runtime {self.name!r} may destroy it "
+                                "(Runtime.attach(name, controller=True) takes control)")
         self.close()
         removed = [n for n in seg.runtime_segments(self.name) if seg.unlink(n)]
         return removed
