@@ -31,6 +31,17 @@ static inline void shm_store_release(uint64_t *p, uint64_t v) { __atomic_store_n
 static inline void shm_store_seq_cst(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 /* xchg is a full barrier on x86: a store plus fence in one, cheaper than mov+mfence. */
 static inline uint64_t shm_xchg_seq_cst(uint64_t *p, uint64_t v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+/* A store followed by a full fence: later plain loads are ordered after the store.
+ * On x86 a seq_cst xchg is exactly that.  Elsewhere (arm64 without LSE: ldaxr/stlxr)
+ * a seq_cst exchange does not order later plain loads, so store, then fence. */
+static inline void shm_store_full_fence(uint64_t *p, uint64_t v) {
+#if defined(__x86_64__) || defined(__i386__)
+    (void)__atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
+#else
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
 static inline uint64_t shm_fetch_add_relaxed(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 static inline uint64_t shm_fetch_add_seq_cst(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 static inline int shm_cas_seq_cst(uint64_t *p, uint64_t expected, uint64_t desired) {

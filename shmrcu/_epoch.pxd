@@ -2,7 +2,7 @@
 # The algorithm and the reasons for each memory order are in _epoch.pyx.
 from libc.stdint cimport uint64_t
 from shmrcu._layout cimport (control_header, worker_slot, shm_load_acquire, shm_load_relaxed,
-                             shm_store_release, shm_store_relaxed, shm_xchg_seq_cst,
+                             shm_store_release, shm_store_relaxed, shm_store_full_fence,
                              shm_compiler_barrier, shm_fence_seq_cst, shm_load_relaxed32,
                              shm_fetch_add_seq_cst32, shm_futex_wake_all)
 
@@ -12,9 +12,9 @@ cdef inline void rcu_online(control_header* hdr, worker_slot* slot, bint fence) 
     # acquire: our later reads see everything published before the epoch we observe
     cdef uint64_t e = shm_load_acquire(&hdr.global_epoch)
     if fence:
-        # seq_cst xchg = store + full fence: the store must be visible to a
-        # synchronize() before we read any RCU-protected pointer (store->load order)
-        shm_xchg_seq_cst(&slot.ctr, e)
+        # store + full fence: the store must be visible to a synchronize() before we
+        # read any RCU-protected pointer (store->load order; see shm_store_full_fence)
+        shm_store_full_fence(&slot.ctr, e)
     else:
         # membarrier mode: synchronize's membarrier() supplies the fence on our CPU
         shm_store_relaxed(&slot.ctr, e)
@@ -48,15 +48,26 @@ cdef inline void rcu_wake_waiters(control_header* hdr) noexcept nogil:
         shm_fetch_add_seq_cst32(&hdr.gp_futex, 1)
         shm_futex_wake_all(&hdr.gp_futex)
 
+# The updater's membarrier (with its fallback and the test-only failure switch):
+# 0, or -errno when no barrier could be issued.
+cdef int updater_membarrier(control_header* hdr) noexcept nogil
+
 cdef class ControlBlock:
-    cdef control_header* hdr
+    cdef control_header* hdr     # NULL once disowned in a forked child
     cdef worker_slot* slots
     cdef object mapping          # keeps the mmap alive
     cdef int check_fd            # runtime's own OFD: probes other owners' slot locks
+    cdef bytes lock_path         # the segment's file: reclaimers open their own description
+    cdef char* lock_path_c
+    cdef readonly int owner_pid
+    cdef object __weakref__
+    cdef int usable(self) except -1
+    cdef int check_token(self, uint64_t token) except -1
+    cdef int membarrier_or_raise(self) except -1
+    cdef list thread_qsbr_readers(self)
     cdef int wait(self, uint64_t target, double timeout) except -1
     cdef bint reclaim_if_dead(self, int index) noexcept nogil
-    cdef int _try_claim(self, int lock_fd, int worker_id) except -2
-    cdef bint _membarrier(self)
+    cdef int _try_claim(self, int lock_fd, int worker_id, uint64_t freed_seen) except -2
     cdef void _complete(self, uint64_t token, uint64_t waited_ns) noexcept nogil
     cdef int _wait_slots(self, uint64_t token, uint64_t t0, uint64_t deadline) noexcept nogil
     cdef bint _sleep(self, worker_slot* s, uint64_t token, uint64_t nap, uint64_t deadline,
@@ -71,8 +82,12 @@ cdef class Reader:
     cdef bint fence
     cdef int lock_fd
     cdef readonly bint closed
+    cdef readonly int owner_pid   # the process that claimed the slot
+    cdef unsigned long owner_thread   # pthread_self() of the thread that owns it
+    cdef bint inherited           # a fork() child's copy: closed, never releases the slot
     cdef ControlBlock control
     cdef object section_cm
     cdef object __weakref__
+    cdef int check_usable(self) except -1
     cdef void enter(self) noexcept nogil
     cdef void exit(self) noexcept nogil

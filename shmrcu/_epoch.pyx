@@ -68,19 +68,89 @@ the futex and wakes them (once per grace period: the common path of
 ``quiescent`` stays two loads), so a waiter on a long batch wakes when the
 batch ends, not at its next timeout.
 
+Reclaiming is exclusive: the reclaimer opens a description of its own and
+takes the slot's byte through it, so two reclaimers -- in two processes or two
+threads of one -- and a new claimer exclude each other (OFD locks taken through
+one shared description would not), and it writes the slot only if the state
+word, generation included, is the one it found dead.
+
+Processes, threads, fork
+------------------------
+A slot belongs to one thread of one process: a ``Reader`` records both, and
+its sections refuse any other thread.  A ``fork()`` child disowns every reader
+and control block it inherited (the at-fork hook in shmrcu.segment): their
+memory is not mapped in the child (MADV_DONTFORK), their lock descriptors are
+closed -- never unlocked, so the locks stay the parent's -- and using them
+raises ``InheritedAcrossFork``.
+
+A wait from a thread inside its own section would wait for itself: ``wait``
+raises ``SelfDeadlock`` (lockdep's rule).  A thread whose QSBR reader is
+online reports a quiescent state by going offline for the wait, and comes
+back online after it (liburcu-qsbr's synchronize_rcu does the same).  Waits
+sleep in short slices without the GIL and check for signals between them, so
+Ctrl-C interrupts any wait within a slice.
+
+membarrier failures never shorten a grace period: an updater whose expedited
+membarrier fails falls back to MEMBARRIER_CMD_GLOBAL (slow but complete), and
+raises OSError if that fails too.
+
 Every atomic below carries a one-line reason for its memory order.
 """
 cimport cython
+from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uint32_t, int32_t, uint64_t, int64_t
 from libc.string cimport memset, strncpy
-from posix.unistd cimport getpid
+from posix.fcntl cimport open as c_open, O_RDWR, O_CLOEXEC
+from posix.unistd cimport getpid, close as c_close
 from shmrcu._layout cimport *
 from shmrcu._segment cimport Mapping
 
+import errno as _errno
 import os
+import threading
 import time
+import weakref
 
-from .errors import CorruptSegment, GracePeriodTimeout, NoFreeSlot, ReaderClosed, StalledSlot
+from . import segment as _seg
+from .errors import (CorruptSegment, GracePeriodTimeout, InheritedAcrossFork, NoFreeSlot,
+                     ReaderClosed, SelfDeadlock, ShmrcuError, StalledSlot)
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    pthread_t pthread_self()
+
+cdef extern from *:
+    """
+    /* Readers of this thread that are online or inside a section (a hint that lets
+     * a grace-period wait skip its self-deadlock check in one TLS load). */
+    static __thread unsigned int shmrcu_tls_online = 0;
+    static inline void shmrcu_tls_online_inc(void) { shmrcu_tls_online++; }
+    static inline void shmrcu_tls_online_dec(void) { if (shmrcu_tls_online) shmrcu_tls_online--; }
+    """
+    unsigned int shmrcu_tls_online
+    void shmrcu_tls_online_inc() nogil
+    void shmrcu_tls_online_dec() nogil
+
+# Objects of this process that a fork() child must disown (see shmrcu.segment).
+_control_blocks = weakref.WeakSet()
+_readers = weakref.WeakSet()
+# Per thread: the readers it made (weak references), for the self-deadlock check.
+_thread = threading.local()
+
+
+def _disown_after_fork():
+    cdef ControlBlock cb
+    cdef Reader r
+    for r in list(_readers):
+        r.disown()
+    _readers.clear()
+    for cb in list(_control_blocks):
+        cb.disown()
+    _control_blocks.clear()
+    _thread.__dict__.clear()     # the child's only thread is not the parent's
+
+
+_seg.at_fork_in_child(_disown_after_fork)
 
 # ---- layout facts exported to Python (single source: _layout.h) ------------
 LAYOUT = {
@@ -115,6 +185,30 @@ def _set_broken_synchronize(bint broken):
 # membarrier: registration is per process and happens once.
 cdef int _membarrier_state = 0   # 0 unknown, 1 registered, -1 unavailable
 
+# Test-only: make the updater's membarrier calls fail with these errnos.
+cdef int _fail_expedited = 0
+cdef int _fail_global = 0
+
+def _set_membarrier_failure(int expedited_errno, int global_errno=0):
+    """TEST ONLY: updater-side membarrier(GLOBAL_EXPEDITED) (and GLOBAL) fail with these errnos."""
+    global _fail_expedited, _fail_global
+    _fail_expedited = expedited_errno
+    _fail_global = global_errno
+
+cdef int updater_membarrier(control_header* hdr) noexcept nogil:
+    """Force a full fence on every CPU that runs a registered (fence-skipping) reader.
+
+    0 on success, else -errno.  Falls back to MEMBARRIER_CMD_GLOBAL (every CPU,
+    through a scheduler grace period: slow, but it covers readers that skip fences)
+    when the expedited command fails -- never returns 0 without a fence."""
+    cdef int r = -_fail_expedited if _fail_expedited else shm_membarrier(SHM_MEMBARRIER_CMD_GLOBAL_EXPEDITED)
+    if r >= 0:
+        return 0
+    # relaxed: statistics only
+    shm_fetch_add_relaxed(&hdr.membarrier_fallbacks, 1)
+    r = -_fail_global if _fail_global else shm_membarrier(SHM_MEMBARRIER_CMD_GLOBAL)
+    return 0 if r >= 0 else r
+
 def membarrier_register():
     """Register this process for GLOBAL_EXPEDITED membarriers; False if unavailable."""
     global _membarrier_state
@@ -143,16 +237,44 @@ cdef uint64_t NAP_MIN_NS = 20000
 cdef uint64_t NAP_MAX_NS = 1000000
 # A lagging slot's owner is probed for death after this long, then this often.
 cdef uint64_t DEAD_PROBE_NS = 1000000
+# A wait gives the GIL back and checks for signals (Ctrl-C) this often.
+cdef uint64_t SIGNAL_SLICE_NS = 20000000
 
 
 cdef class ControlBlock:
     """The control segment of one runtime, as seen by this process."""
 
-    def __cinit__(self, Mapping mapping, int check_fd):
+    def __cinit__(self, Mapping mapping, int check_fd, lock_path=None):
         self.mapping = mapping
         self.hdr = <control_header*>mapping.addr
         self.slots = NULL
         self.check_fd = check_fd
+        # reclaimers open their own description of this file (see reclaim_if_dead)
+        self.lock_path = os.fsencode(lock_path) if lock_path is not None else None
+        self.lock_path_c = <char*>self.lock_path if self.lock_path is not None else NULL
+        self.owner_pid = getpid()
+        _control_blocks.add(self)
+
+    def disown(self):
+        """Forked child: the mapping is gone (MADV_DONTFORK), the descriptor is the
+        parent's; every later use raises instead of touching either."""
+        self.hdr = NULL
+        self.slots = NULL
+        self.check_fd = -1
+        self.mapping = None
+
+    cdef int usable(self) except -1:
+        if self.hdr == NULL:
+            raise InheritedAcrossFork(f"this runtime handle was inherited across fork() from pid "
+                                      f"{self.owner_pid}: use the Runtime again (it re-attaches) or "
+                                      "Runtime.attach() in this process")
+        return 0
+
+    @property
+    def identity(self):
+        """(name, creation time): equal for every ControlBlock of one runtime incarnation."""
+        self.usable()
+        return ((<bytes>self.hdr.name).decode(errors="replace"), self.hdr.created_unix_ns)
 
     # -- creation and validation -------------------------------------------
     @staticmethod
@@ -224,45 +346,55 @@ cdef class ControlBlock:
     # -- header facts ---------------------------------------------------------
     @property
     def max_workers(self):
+        self.usable()
         return self.hdr.max_workers
 
     @property
     def sections_mode(self):
+        self.usable()
         return self.hdr.sections_mode
 
     @property
     def mode(self):
+        self.usable()
         return self.hdr.mode
 
     @property
     def creator_pid(self):
+        self.usable()
         return self.hdr.creator_pid
 
     @property
     def global_epoch(self):
+        self.usable()
         # acquire: callers compare it with slot epochs they load afterwards
         return shm_load_acquire(&self.hdr.global_epoch)
 
     @property
     def completed_epoch(self):
+        self.usable()
         # acquire: a caller that sees a target completed may free what it retired
         return shm_load_acquire(&self.hdr.completed_epoch)
 
     def allocate_map_id(self):
         """A fresh map id: ids grow and are never reused."""
+        self.usable()
         # relaxed: uniqueness needs only atomicity; nothing is published by it
         return shm_fetch_add_relaxed(&self.hdr.next_map_id, 1)
 
     def bump_freed_generation(self):
+        self.usable()
         # release: readers that see the new generation see the map states written before
         return shm_fetch_add_seq_cst(&self.hdr.freed_generation, 1) + 1
 
     @property
     def freed_generation(self):
+        self.usable()
         # acquire: pairs with bump_freed_generation
         return shm_load_acquire(&self.hdr.freed_generation)
 
     def stats(self):
+        self.usable()
         cdef control_header* h = self.hdr
         cdef uint64_t head = shm_load_acquire(&h.gp_recent_head)
         n = min(head, SHMRCU_GP_RECENT)
@@ -305,6 +437,7 @@ cdef class ControlBlock:
         return [i for i in (self.slot_info(k) for k in range(self.hdr.max_workers)) if i]
 
     def _check_index(self, int index):
+        self.usable()
         if self.slots == NULL:
             raise ReaderClosed("control block not validated")
         if not 0 <= index < <int>self.hdr.max_workers:
@@ -315,6 +448,7 @@ cdef class ControlBlock:
         """Take the controller lease (an OFD lock the kernel drops at our death).
 
         Returns 0 on success, else the pid recorded by the current holder."""
+        self.usable()
         cdef int r = shm_ofd_lock(self.check_fd, SHMRCU_LOCK_CONTROLLER)
         if r == 0:
             # relaxed: informational; the lock itself is the lease
@@ -327,18 +461,26 @@ cdef class ControlBlock:
         raise OSError(-r, "controller lease: " + os.strerror(-r))
 
     def release_lease(self):
+        self.usable()
         shm_store_relaxed(&self.hdr.controller_pid, 0)
         shm_ofd_unlock(self.check_fd, SHMRCU_LOCK_CONTROLLER)
 
     def controller_alive(self):
         """True if some open file description holds the controller lease."""
+        self.usable()
         return shm_ofd_held(self.check_fd, SHMRCU_LOCK_CONTROLLER) == 1
 
     # -- slots ---------------------------------------------------------------
-    def claim_slot(self, int lock_fd, int worker_id=-1):
-        """Take a free slot for this process; its OFD lock goes on ``lock_fd``."""
+    def claim_slot(self, int lock_fd, int worker_id=-1, freed_seen=None):
+        """Take a free slot for this process; its OFD lock goes on ``lock_fd``.
+
+        ``freed_seen``: the freed generation this process has really unmapped (a new
+        slot must not claim more, or barrier() would pass while we still map)."""
+        self.usable()
+        cdef uint64_t seen = shm_load_acquire(&self.hdr.freed_generation) if freed_seen is None \
+            else <uint64_t>freed_seen
         for attempt in range(3):
-            index = self._try_claim(lock_fd, worker_id)
+            index = self._try_claim(lock_fd, worker_id, seen)
             if index >= 0:
                 return index
             # maybe dead owners hold every slot: reclaim them and look again
@@ -351,7 +493,7 @@ cdef class ControlBlock:
                          f"{(<bytes>self.hdr.name).decode(errors="replace")!r} are in use "
                          "(max_workers); close idle readers or create the runtime with a larger max_workers")
 
-    cdef int _try_claim(self, int lock_fd, int worker_id) except -2:
+    cdef int _try_claim(self, int lock_fd, int worker_id, uint64_t freed_seen) except -2:
         cdef worker_slot* s
         cdef uint64_t state, claiming, active
         cdef int i
@@ -374,9 +516,9 @@ cdef class ControlBlock:
             s.pid = getpid()
             s.worker_id = worker_id
             s.attach_unix_ns = time.time_ns()
-            s.events = s.batches = s.quiescent_states = s.freed_seen = s.restarts = 0
+            s.events = s.batches = s.quiescent_states = s.restarts = 0
             s.last_advance_ns = shm_monotonic_ns()
-            s.freed_seen = shm_load_acquire(&self.hdr.freed_generation)
+            s.freed_seen = freed_seen
             active = (state & ~STATUS_MASK) | SHMRCU_SLOT_ACTIVE
             # acq_rel: publishes the fields above; fails if a reclaimer took a stuck CLAIMING
             if not shm_cas_acq_rel(&s.state, claiming, active):
@@ -393,47 +535,83 @@ cdef class ControlBlock:
         cdef uint64_t state = shm_load_acquire(&s.state)
         # release: our reads are over before a waiter sees 0
         shm_store_release(&s.ctr, 0)
-        shm_ofd_unlock(lock_fd, SHMRCU_LOCK_SLOT_BASE + index)
         if slot_status(state) == SHMRCU_SLOT_ACTIVE:
-            # acq_rel: fails harmlessly if a reclaimer already freed it
+            # acq_rel: FREE before we drop the lock, so no reclaimer mistakes a slot
+            # being given back for a dead owner's; fails harmlessly if one already did
             shm_cas_acq_rel(&s.state, state, next_free_state(state))
+        shm_ofd_unlock(lock_fd, SHMRCU_LOCK_SLOT_BASE + index)
 
     cdef bint reclaim_if_dead(self, int index) noexcept nogil:
-        """Free a slot whose owner died (its OFD lock is gone). True if reclaimed."""
+        """Free a slot whose owner died (its OFD lock is gone). True if reclaimed.
+
+        Exclusive within and across processes: the byte is taken through a
+        description of our own (locks through one shared description never
+        conflict), and the slot is written only if its state -- generation
+        included -- is still the one found dead."""
         cdef worker_slot* s = &self.slots[index]
         # acquire: see the owner's published state before probing its lock
         cdef uint64_t state = shm_load_acquire(&s.state)
-        cdef uint64_t status = slot_status(state)
         cdef bint reclaimed = False
-        if status == SHMRCU_SLOT_FREE:
+        cdef int fd
+        if slot_status(state) == SHMRCU_SLOT_FREE:
             return False
         if shm_ofd_held(self.check_fd, SHMRCU_LOCK_SLOT_BASE + index) != 0:
             return False            # owner alive (or probe failed: assume alive)
-        # hold the byte ourselves so no claimer can slip in while we free it
-        if shm_ofd_lock(self.check_fd, SHMRCU_LOCK_SLOT_BASE + index) != 0:
+        if self.lock_path_c == NULL:
             return False
-        # acquire: re-read under the lock; a changed state means someone else acted
-        if shm_load_acquire(&s.state) == state:
-            # release: the slot no longer holds anything; waiters may pass it
-            shm_store_release(&s.ctr, 0)
-            # acq_rel: one reclaimer wins; the owner's own release CAS then fails harmlessly
-            if shm_cas_acq_rel(&s.state, state, next_free_state(state)):
-                # relaxed: statistics only
-                shm_fetch_add_relaxed(&self.hdr.slots_reclaimed, 1)
-                reclaimed = True
-        shm_ofd_unlock(self.check_fd, SHMRCU_LOCK_SLOT_BASE + index)
+        fd = c_open(self.lock_path_c, O_RDWR | O_CLOEXEC)
+        if fd < 0:
+            return False
+        # hold the byte ourselves: no claimer and no other reclaimer can act meanwhile
+        if shm_ofd_lock(fd, SHMRCU_LOCK_SLOT_BASE + index) == 0:
+            # acquire: re-read under the lock; a changed state means someone else acted
+            if shm_load_acquire(&s.state) == state:
+                # release: the slot no longer holds anything; waiters may pass it
+                shm_store_release(&s.ctr, 0)
+                # acq_rel: publishes ctr = 0 with the FREE state
+                if shm_cas_acq_rel(&s.state, state, next_free_state(state)):
+                    # relaxed: statistics only
+                    shm_fetch_add_relaxed(&self.hdr.slots_reclaimed, 1)
+                    reclaimed = True
+        c_close(fd)                 # drops the byte
         return reclaimed
 
     def reclaim_dead(self):
         """Reclaim every slot whose owner died; returns how many."""
+        self.usable()
         n = 0
         for i in range(self.hdr.max_workers):
             n += self.reclaim_if_dead(i)
         return n
 
+    def local_readers_past(self, uint64_t token):
+        """True when every slot owned by this process is offline or at ``token`` or later:
+        a grace period over this process's own readers (it gates unmapping freed maps).
+        Never blocks."""
+        self.usable()
+        cdef uint32_t pid = getpid()
+        cdef worker_slot* s
+        cdef uint64_t c
+        cdef int i, r
+        if self.hdr.sections_mode == SHMRCU_SECTIONS_MEMBARRIER:
+            r = updater_membarrier(self.hdr)     # our fence-skipping readers' ctr stores land
+            if r < 0:
+                raise OSError(-r, "membarrier failed: " + os.strerror(-r))
+        for i in range(<int>self.hdr.max_workers):
+            s = &self.slots[i]
+            # acquire: an ACTIVE state publishes the owner's pid
+            if slot_status(shm_load_acquire(&s.state)) != SHMRCU_SLOT_ACTIVE or s.pid != pid:
+                continue
+            # seq_cst: the Dekker pair with a section's ctr store + fence (as in poll)
+            c = shm_load_seq_cst(&s.ctr)
+            if c != 0 and c < token:
+                return False
+        return True
+
     # -- grace periods -------------------------------------------------------
     def start_grace_period(self):
         """Begin a grace period and return its token (the target epoch)."""
+        self.usable()
         # full fence: the caller's unpublishing stores are visible before we read e0.
         # Without it a store still in our store buffer could trail another updater's
         # advance to e0 + 1, and a reader at e0 + 1 could still load the old pointer.
@@ -445,12 +623,24 @@ cdef class ControlBlock:
         shm_cas_seq_cst(&self.hdr.global_epoch, e0, e0 + 1)
         return e0 + 1
 
+    cdef int check_token(self, uint64_t token) except -1:
+        """A token is a target some start_grace_period returned: never above the epoch."""
+        # acquire: any token handed out is <= the epoch its advance stored
+        if token > shm_load_acquire(&self.hdr.global_epoch):
+            raise ValueError(f"grace-period token {token} was never started (the global epoch is "
+                             f"{shm_load_acquire(&self.hdr.global_epoch)}): pass a token that "
+                             "start_grace_period() returned")
+        return 0
+
     def poll_grace_period(self, uint64_t token):
-        """True if the grace period ``token`` has elapsed (never blocks)."""
+        """True if the grace period ``token`` has elapsed (never waits for readers)."""
+        self.usable()
+        self.check_token(token)
         if token <= shm_load_acquire(&self.hdr.completed_epoch):
             return True
-        if self._membarrier():
-            pass
+        # membarrier mode: the token's advance is behind us (start_grace_period), so
+        # the barrier comes after it and before the scan, as in wait()
+        self.membarrier_or_raise()
         cdef int i
         cdef uint64_t c
         for i in range(<int>self.hdr.max_workers):
@@ -467,22 +657,86 @@ cdef class ControlBlock:
         self.wait(token, -1.0 if timeout is None else float(timeout))
 
     def wait_grace_period(self, uint64_t token, timeout=None):
-        if token > shm_load_acquire(&self.hdr.global_epoch):
-            raise ValueError(f"grace-period token {token} was never started")
+        self.usable()
+        self.check_token(token)
         self.wait(token, -1.0 if timeout is None else float(timeout))
 
-    cdef bint _membarrier(self):
+    cdef int membarrier_or_raise(self) except -1:
         """In membarrier mode, force a full fence on every registered reader's CPU."""
         if self.hdr.sections_mode != SHMRCU_SECTIONS_MEMBARRIER:
-            return False
+            return 0
         cdef int r
         with nogil:
-            r = shm_membarrier(SHM_MEMBARRIER_CMD_GLOBAL_EXPEDITED)
+            r = updater_membarrier(self.hdr)
         if r < 0:
-            # readers that could not register use fences themselves; count it
-            shm_fetch_add_relaxed(&self.hdr.membarrier_fallbacks, 1)
-            return False
-        return True
+            raise OSError(-r, "membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) and its fallback "
+                              "membarrier(MEMBARRIER_CMD_GLOBAL) failed: "
+                              f"{os.strerror(-r)}; readers of this runtime skip fences, so no "
+                              "grace period can be proven (create the runtime with sections='fence')")
+        return 0
+
+    cdef list thread_qsbr_readers(self):
+        """This thread's QSBR-online readers of this runtime, to take offline for a wait.
+
+        SelfDeadlock if one of them is inside a section: the wait would wait for it."""
+        online = []
+        ident = self.identity
+        cdef Reader r
+        for ref in getattr(_thread, "readers", ()):
+            r = ref()
+            if r is None or r.closed or not (r.depth or r.qsbr_online):
+                continue
+            if r.control is not self and r.control.identity != ident:
+                continue
+            if r.depth:
+                raise SelfDeadlock(
+                    f"grace-period wait from inside a read-side section (reader slot {r.index}) of "
+                    "this thread: it would wait for itself. Leave the section first, or update "
+                    "with sync=False and synchronize after the section")
+            online.append(r)
+        return online
+
+    def prepare_wait(self):
+        """Before a blocking wait of this thread (barrier, wait_unreferenced): raise
+        SelfDeadlock from inside a section; else the QSBR-online readers of this thread,
+        which the caller takes offline for the wait and back online after it."""
+        self.usable()
+        return self.thread_qsbr_readers() if shmrcu_tls_online else []
+
+    cdef int wait(self, uint64_t token, double timeout) except -1:
+        self.usable()
+        cdef uint64_t t0 = shm_monotonic_ns()
+        cdef uint64_t deadline = 0 if timeout < 0 else t0 + <uint64_t>(timeout * 1e9)
+        cdef uint64_t slice_end
+        cdef int lagging = -1
+        cdef list offline_for_wait = None
+        cdef Reader r
+        if shmrcu_tls_online:
+            offline_for_wait = self.thread_qsbr_readers()
+            for r in offline_for_wait:
+                r.offline()          # our quiescent state: we hold nothing while we wait
+        try:
+            if _skip_wait:
+                return 0
+            self.membarrier_or_raise()
+            while True:
+                slice_end = shm_monotonic_ns() + SIGNAL_SLICE_NS
+                if deadline and deadline < slice_end:
+                    slice_end = deadline
+                with nogil:
+                    lagging = self._wait_slots(token, t0, slice_end)
+                if lagging < 0:
+                    return 0
+                if deadline and shm_monotonic_ns() >= deadline:
+                    break
+                PyErr_CheckSignals()         # Ctrl-C: KeyboardInterrupt within one slice
+            self._raise_timeout(token, t0)
+            return 0
+        finally:
+            if offline_for_wait:
+                for r in offline_for_wait:
+                    if not r.closed:
+                        r.online()
 
     cdef void _complete(self, uint64_t token, uint64_t waited_ns) noexcept nogil:
         cdef control_header* h = self.hdr
@@ -500,20 +754,6 @@ cdef class ControlBlock:
                     <uint32_t>waited_ns
                 return
             done = shm_load_acquire(&h.completed_epoch)
-
-    cdef int wait(self, uint64_t token, double timeout) except -1:
-        cdef uint64_t t0 = shm_monotonic_ns()
-        cdef uint64_t deadline = 0 if timeout < 0 else t0 + <uint64_t>(timeout * 1e9)
-        cdef int i, lagging = -1
-        if _skip_wait:
-            return 0
-        self._membarrier()
-        with nogil:
-            lagging = self._wait_slots(token, t0, deadline)
-        if lagging < 0:
-            return 0
-        self._raise_timeout(token, t0)
-        return -1
 
     cdef int _wait_slots(self, uint64_t token, uint64_t t0, uint64_t deadline) noexcept nogil:
         """Wait slot by slot; -1 when the grace period elapsed, else a lagging slot."""
@@ -608,12 +848,15 @@ cdef class _Section:
     cdef void* reader
 
     def __enter__(self):
-        if self.reader == NULL or (<Reader>self.reader).closed:
+        if self.reader == NULL:
             raise ReaderClosed("reader is closed")
+        (<Reader>self.reader).check_usable()
         (<Reader>self.reader).enter()
         return <Reader>self.reader
 
     def __exit__(self, exc_type, exc, tb):
+        # A section entered in the parent and left in a forked child ends nothing:
+        # the disowned reader's depth is 0, so exit() is a no-op.
         if self.reader != NULL:
             (<Reader>self.reader).exit()
         return False
@@ -623,33 +866,69 @@ cdef class _Section:
 cdef class Reader:
     """A registered reader: one worker slot, explicit sections and QSBR.
 
-    Not thread-safe: use one Reader per thread.  Example::
+    A reader belongs to the thread that made it (one Reader per thread) and to
+    its process: a forked child's copy raises ``InheritedAcrossFork``.  Example::
 
         with rt.reader() as r:
             with r.section():
                 value = table[key]
     """
 
-    def __cinit__(self, ControlBlock control, int lock_fd, int worker_id=-1):
+    def __cinit__(self, ControlBlock control, int lock_fd, int worker_id=-1, freed_seen=None):
         self.closed = True
         self.control = control
+        control.usable()
         self.hdr = control.hdr
         self.lock_fd = lock_fd
-        self.index = control.claim_slot(lock_fd, worker_id)
+        self.index = control.claim_slot(lock_fd, worker_id, freed_seen)
         self.slot = &control.slots[self.index]
         self.depth = 0
         self.qsbr_online = False
         self.fence = True
+        self.owner_pid = getpid()
+        self.owner_thread = pthread_self()
+        self.inherited = False
         if control.hdr.sections_mode == SHMRCU_SECTIONS_MEMBARRIER and membarrier_register():
             self.fence = False
         section = _Section()               # reused: `with r.section():` allocates nothing
         section.reader = <void*>self
         self.section_cm = section
         self.closed = False
+        _readers.add(self)
+        refs = getattr(_thread, "readers", None)
+        if refs is None:
+            refs = _thread.readers = []
+        refs[:] = [x for x in refs if x() is not None]
+        refs.append(weakref.ref(self))
+
+    cdef int check_usable(self) except -1:
+        """Raise unless this thread of this process may use the reader now."""
+        if self.closed:
+            if self.inherited:
+                raise InheritedAcrossFork(
+                    f"reader (slot {self.index}) was created in pid {self.owner_pid} and inherited "
+                    f"by fork(): its slot is the parent's. Make a reader in this process: rt.reader()")
+            raise ReaderClosed("reader is closed")
+        if pthread_self() != self.owner_thread:
+            raise ShmrcuError(f"reader (slot {self.index}) belongs to another thread: readers are "
+                              "per thread; make one with rt.reader() in each thread that reads",
+                              errno=_errno.EPERM)
+        return 0
+
+    def disown(self):
+        """Forked child: forget the parent's slot (never release, never unlock it)."""
+        self.closed = True
+        self.inherited = True
+        self.depth = 0
+        self.qsbr_online = False
+        self.slot = NULL
+        self.hdr = NULL
+        self.lock_fd = -1                  # closed by the at-fork hook, locks kept by the parent
 
     cdef void enter(self) noexcept nogil:
         if self.depth == 0 and not self.qsbr_online:
             rcu_online(self.hdr, self.slot, self.fence)
+            shmrcu_tls_online_inc()
         self.depth += 1
 
     cdef void exit(self) noexcept nogil:
@@ -657,35 +936,37 @@ cdef class Reader:
             self.depth -= 1
             if self.depth == 0 and not self.qsbr_online:
                 rcu_offline(self.slot)
+                shmrcu_tls_online_dec()
 
     def section(self):
         """A read-side critical section (context manager, nestable)."""
         return self.section_cm
 
     def _check_open(self):
-        if self.closed:
-            raise ReaderClosed("reader is closed")
+        self.check_usable()
 
     def online(self):
         """QSBR: announce this reader online (it may now hold references)."""
-        self._check_open()
+        self.check_usable()
         if not self.qsbr_online:
             if self.depth == 0:
                 rcu_online(self.hdr, self.slot, self.fence)
+                shmrcu_tls_online_inc()
             self.qsbr_online = True
 
     def offline(self):
         """QSBR: announce this reader offline (holds nothing; never waited for)."""
-        self._check_open()
+        self.check_usable()
         if self.depth:
             raise RuntimeError("offline() inside a read-side section")
         if self.qsbr_online:
             rcu_offline(self.slot)
+            shmrcu_tls_online_dec()
             self.qsbr_online = False
 
     def quiescent(self):
         """QSBR: report a quiescent state (drops every reference taken before)."""
-        self._check_open()
+        self.check_usable()
         if self.depth:
             raise RuntimeError("quiescent() inside a read-side section would end it early")
         if not self.qsbr_online:
@@ -695,6 +976,8 @@ cdef class Reader:
 
     def publish(self, uint64_t events, uint64_t batches=1):
         """Add to this slot's counters and stamp the last-advance time (pool workers)."""
+        if self.closed:
+            self.check_usable()
         # relaxed: counters are only read for statistics; single writer
         shm_store_relaxed(&self.slot.events, self.slot.events + events)
         shm_store_relaxed(&self.slot.batches, self.slot.batches + batches)
@@ -702,6 +985,8 @@ cdef class Reader:
 
     def mark_freed_seen(self, uint64_t generation):
         """Tell the controller's barrier this process dropped maps freed up to ``generation``."""
+        if self.closed:
+            return
         # release: our munmap()s happen before the barrier sees the new generation
         shm_store_release(&self.slot.freed_seen, generation)
 
@@ -715,6 +1000,8 @@ cdef class Reader:
 
     @property
     def epoch(self):
+        if self.closed:
+            self.check_usable()
         # relaxed: our own word
         return shm_load_relaxed(&self.slot.ctr)
 
@@ -722,15 +1009,22 @@ cdef class Reader:
     def uses_fence(self):
         return self.fence
 
+    @property
+    def inherited_across_fork(self):
+        return self.inherited
+
     def close(self):
-        """Release the slot (offline first).  Idempotent."""
+        """Release the slot (offline first).  Idempotent; in a forked child's copy, a no-op."""
         if self.closed:
             return
+        if (self.depth or self.qsbr_online) and pthread_self() == self.owner_thread:
+            shmrcu_tls_online_dec()
         self.depth = 0
         self.qsbr_online = False
-        self.control.release_slot(self.index, self.lock_fd)
-        os.close(self.lock_fd)
         self.closed = True
+        self.control.release_slot(self.index, self.lock_fd)
+        _seg.close_owned_fd(self.lock_fd)
+        _readers.discard(self)
 
     def __enter__(self):
         return self
@@ -743,6 +1037,8 @@ cdef class Reader:
         if self.section_cm is not None:
             (<_Section>self.section_cm).reader = NULL
         # a reader dropped without close(): give the slot back rather than leak it
-        if not self.closed and self.control is not None:
+        # (never in a forked child: disown() marked the parent's reader closed)
+        if not self.closed and self.control is not None and self.owner_pid == getpid():
+            self.closed = True
             self.control.release_slot(self.index, self.lock_fd)
-            os.close(self.lock_fd)
+            _seg.close_owned_fd(self.lock_fd)

@@ -74,6 +74,7 @@ cdef class MapCore:
     cdef readonly object mapping      # keeps the mmap alive; None once closed
     cdef readonly uint64_t id
     cdef readonly bint closed
+    cdef readonly bint inherited      # a fork() child's copy: re-maps itself on first use
     cdef object control               # the runtime's ControlBlock (keeps ctl alive)
     cdef object key_struct, value_struct
     cdef int key_fields, value_fields

@@ -55,7 +55,7 @@ from shmrcu._layout cimport (control_header, worker_slot, SHMRCU_SECTIONS_MEMBAR
                              shm_fence_seq_cst, shm_monotonic_ns)
 from shmrcu._maplayout cimport *
 from shmrcu._segment cimport Mapping
-from shmrcu._epoch cimport ControlBlock, Reader
+from shmrcu._epoch cimport ControlBlock, Reader, updater_membarrier
 
 from .errors import (IndexOutOfRange, KeyExists, KeyNotFound, MapClosed, MapFull,
                      ReadOnlyMap, ReaderClosed, ShmrcuError, UnsupportedOperation)
@@ -287,15 +287,16 @@ cdef uint64_t poll_readers(map_view* m) noexcept nogil:
     cdef worker_slot* slots = <worker_slot*>((<char*>c) + c.slots_offset)
     cdef uint64_t g, low, ctr, done
     cdef uint32_t i
-    if c.sections_mode == SHMRCU_SECTIONS_MEMBARRIER and \
-            shm_membarrier(SHM_MEMBARRIER_CMD_GLOBAL_EXPEDITED) < 0:
-        return 0                  # readers skip fences and we cannot force them: no verdict
     # seq_cst: the deletes that made the tombstones precede this advance, and the
     # advance precedes the scan below (as in start_grace_period)
     shm_fence_seq_cst()
     g = shm_load_seq_cst(&c.global_epoch)
     shm_cas_seq_cst(&c.global_epoch, g, g + 1)
     low = g + 1
+    # membarrier mode: after the advance and before the scan (as in wait()), so a
+    # fence-skipping reader's ctr store is visible to the scan or it sees the advance
+    if c.sections_mode == SHMRCU_SECTIONS_MEMBARRIER and updater_membarrier(c) < 0:
+        return 0                  # readers skip fences and we cannot force them: no verdict
     for i in range(c.max_workers):
         # seq_cst: the Dekker pair with a reader's ctr store + fence (see _epoch.pyx)
         ctr = shm_load_seq_cst(&slots[i].ctr)
@@ -895,10 +896,12 @@ cdef class MapCore:
         self.info = info
         self.fast = (self.key_int and self.value_int and h.n_copies == 1
                      and h.kind != SHMRCU_MAP_ARRAY_OF_MAPS and h.kind != SHMRCU_MAP_HASH_OF_MAPS)
+        self.inherited = False
         self.closed = False
 
     def _close_mapping(self):
         """Unmap (this process only).  The handle raises MapClosed afterwards."""
+        self.inherited = False
         if self.closed:
             return
         self.closed = True
@@ -908,8 +911,23 @@ cdef class MapCore:
             self.mapping.close()
         self.mapping = None
 
+    def _disown(self):
+        """Forked child: the mapping is not ours (MADV_DONTFORK already dropped it).
+        Closed without munmap; the next use re-maps it through the re-attached runtime."""
+        self.closed = True
+        self.inherited = True
+        self.fast = False
+        self.mapping = None
+        self.control = None
+        self.view.base = self.view.slots = self.view.values = NULL
+        self.view.hdr = NULL
+        self.view.ctl = NULL
+
     cdef int check(self, bint write) except -1:
         if self.closed:
+            if self.inherited:
+                self.runtime._rebind_inherited(self)    # re-maps, or raises why not
+                return self.check(write)
             raise MapClosed(f"map {self.id} is closed in this process (freed, or its runtime closed)")
         # relaxed: the state is advisory for handles; the mapping itself stays
         # valid until this process unmaps it at a quiescent point (drop_freed)
@@ -1047,8 +1065,7 @@ cdef class MapCore:
         instead of ``with reader.section(): m[key]`` (same guarantees)."""
         cdef uint64_t small
         cdef int64_t e
-        if reader.closed:
-            raise ReaderClosed("reader is closed")
+        reader.check_usable()
         if self.fast and shm_load_relaxed(&self.view.hdr.state) != <uint64_t>SHMRCU_MAP_FREED:
             pack_int(key, self.key_signed, self.view.key_size, &small)
             reader.enter()
@@ -1478,6 +1495,8 @@ cdef class MapCore:
 
     @property
     def state_code(self):
+        if self.closed and self.inherited:
+            self.check(False)
         if self.closed:
             return SHMRCU_MAP_FREED
         # acquire: pairs with the controller's release store of the state

@@ -44,8 +44,7 @@ class Controller:
         # Held for a whole free (pop .. generation bump): barrier() takes it to wait for a
         # free the background thread has popped but not finished.
         self._freeing = threading.Lock()
-        self._batch_depth = 0
-        self._batch_dirty = False
+        self._batch = threading.local()        # per thread: .depth, .dirty
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -69,21 +68,24 @@ class Controller:
         """Called by outer maps after a successful update (never after a failed one)."""
         if not sync:
             return
-        if self._batch_depth:
-            self._batch_dirty = True
+        if getattr(self._batch, "depth", 0):
+            self._batch.dirty = True
         else:
             self.rt.synchronize()
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Defer the grace periods of every outer update inside to one, at exit."""
-        self._batch_depth += 1
+        """Defer the grace periods of this thread's outer updates inside to one, at exit.
+
+        Per thread: another thread's updates meanwhile keep their own policy."""
+        b = self._batch
+        b.depth = getattr(b, "depth", 0) + 1
         try:
             yield
         finally:
-            self._batch_depth -= 1
-            if self._batch_depth == 0 and self._batch_dirty:
-                self._batch_dirty = False
+            b.depth -= 1
+            if b.depth == 0 and getattr(b, "dirty", False):
+                b.dirty = False
                 self.rt.synchronize()
 
     # -- retire and free -------------------------------------------------------
@@ -92,12 +94,16 @@ class Controller:
         from . import maps
         if m.state != "live":
             raise MapClosed(f"map {m.name or m.id!r} (id {m.id}) is already {m.state}")
-        refs = outer_references(self.rt, m.id)
-        if refs:
-            where = ", ".join(f"{outer}[{key!r}]" for outer, key in refs)
-            raise MapInUse(f"cannot retire map {m.name or m.id!r} (id {m.id}): still referenced by "
-                           f"{where}; delete or replace those slots first", errno=errno.EBUSY)
-        maps.set_map_state(self.rt, m, "retired")
+        # Retire excludes a concurrent outer insert of m (any thread, any process):
+        # both hold the directory lock from their check to their store, so an
+        # insert either lands first (we see the reference) or sees m retired.
+        with maps.directory_locked(self.rt):
+            refs = outer_references(self.rt, m.id)
+            if refs:
+                where = ", ".join(f"{outer}[{key!r}]" for outer, key in refs)
+                raise MapInUse(f"cannot retire map {m.name or m.id!r} (id {m.id}): still referenced "
+                               f"by {where}; delete or replace those slots first", errno=errno.EBUSY)
+            maps.set_map_state(self.rt, m, "retired")
         token = self.rt.start_grace_period()      # after the state change: covers every user
         size = _segment_bytes(self.rt, m.id)
         with self._lock:

@@ -148,7 +148,10 @@ class _OuterMap(Map):
         successful update the runtime's policy runs (``sync=True``: wait for a grace
         period, or defer it to the enclosing ``rt.batch()``); a failed one never waits."""
         self._check_template(inner)
-        old = self._swap_id(key, inner.id, flags)
+        with directory_locked(self.runtime):        # excludes a concurrent retire(inner)
+            if inner.state != "live":
+                raise TemplateMismatch(f"inner map {inner.id} is {inner.state}, not live")
+            old = self._swap_id(key, inner.id, flags)
         self._after_update(sync)
         return _open_id(self.runtime, old) if old else None
 
@@ -216,20 +219,25 @@ class _DirHandle:
     def __init__(self, segment: seg.Segment):
         self.segment = segment
         self.directory = _mapdir.Directory(segment.mapping, segment.fd)
-        self.thread_lock = threading.Lock()
+        self.thread_lock = threading.RLock()   # re-entrant: retire checks references under it
+        self.depth = 0
 
     def __enter__(self) -> _mapdir.Directory:
         self.thread_lock.acquire()
-        try:
-            self.directory.lock()
-        except BaseException:
-            self.thread_lock.release()
-            raise
+        if self.depth == 0:
+            try:
+                self.directory.lock()
+            except BaseException:
+                self.thread_lock.release()
+                raise
+        self.depth += 1
         return self.directory
 
     def __exit__(self, *exc) -> None:
+        self.depth -= 1
         try:
-            self.directory.unlock()
+            if self.depth == 0:
+                self.directory.unlock()
         finally:
             self.thread_lock.release()
 
@@ -281,6 +289,12 @@ def _directory(rt, create: bool = False) -> _DirHandle:
         raise
     rt._map_cache[_DIR_KEY] = d
     return d
+
+
+def directory_locked(rt) -> _DirHandle:
+    """``with directory_locked(rt):`` -- the runtime-wide lock of map bookkeeping
+    (across threads and processes; re-entrant within a thread)."""
+    return _directory(rt)
 
 
 # ---------------------------------------------------------------------------
@@ -408,7 +422,7 @@ def _detach(segment: seg.Segment):
     return mapping
 
 
-def _bind(rt, mapping, map_id: int, info: dict) -> Map:
+def _bind(rt, mapping, map_id: int, info: dict, into: Map | None = None) -> Map:
     where = f"map {map_id} of runtime {rt.name!r}"
     try:
         kf = _formats.parse(info["key_format"], "key")
@@ -420,9 +434,11 @@ def _bind(rt, mapping, map_id: int, info: dict) -> Map:
         mapping.close()
         raise CorruptSegment(f"{where}: formats {info['key_format']!r}/{info['value_format']!r} do not "
                              f"match the recorded sizes {info['key_size']}/{info['value_size']}")
-    handle = CLASSES[info["kind"]]()
+    handle = CLASSES[info["kind"]]() if into is None else into
     handle._attach(rt, rt._control, mapping, map_id, kf, vf, info)
-    rt._map_cache[map_id] = handle
+    if not rt._map_cache.get(map_id) or rt._map_cache[map_id].closed:
+        rt._map_cache[map_id] = handle
+    rt._handles.add(handle)
     return handle
 
 
@@ -441,9 +457,11 @@ def open_map(rt, name_or_id: str | int) -> Map:
     return _open_id(rt, name_or_id)
 
 
-def _open_id(rt, map_id: int, entry: dict | None = None) -> Map:
+def _open_id(rt, map_id: int, entry: dict | None = None, into: Map | None = None) -> Map:
+    """The cached handle of ``map_id``, or a new mapping bound to a new handle (or to
+    ``into``: a handle a forked child inherited, re-mapped in place)."""
     handle = rt._map_cache.get(map_id)
-    if handle is not None and not handle.closed:
+    if into is None and handle is not None and not handle.closed:
         return handle
     if entry is None:
         d = _directory(rt)
@@ -470,7 +488,12 @@ def _open_id(rt, map_id: int, entry: dict | None = None) -> Map:
     except BaseException:
         mapping.close()
         raise
-    return _bind(rt, mapping, map_id, info)
+    return _bind(rt, mapping, map_id, info, into)
+
+
+def rebind_inherited(rt, handle: Map) -> None:
+    """A handle a forked child inherited: map its segment again, in this process."""
+    _open_id(rt, handle.id, into=handle)
 
 
 def list_maps(rt) -> list[dict]:
@@ -528,14 +551,29 @@ def drop_freed(rt) -> int:
     Call at a quiescent point (outside read-side sections): handles of those
     maps raise MapClosed afterwards."""
     dropped = 0
-    for map_id, m in list(rt._map_cache.items()):
-        if not isinstance(map_id, int):
-            continue
-        if m.closed or m.state_code == _maps.STATE_FREED:
+    for m in list(rt._handles):
+        if not m.closed and m.state_code == _maps.STATE_FREED:
             m._close_mapping()
-            del rt._map_cache[map_id]
             dropped += 1
+    for map_id, m in list(rt._map_cache.items()):
+        if isinstance(map_id, int) and m.closed:
+            del rt._map_cache[map_id]
     return dropped
+
+
+def freed_handles(rt) -> list[Map]:
+    """Handles of this runtime object whose map the controller has freed (still mapped)."""
+    return [m for m in list(rt._handles) if not m.closed and m.state_code == _maps.STATE_FREED]
+
+
+def close_handles(rt, handles) -> int:
+    """Unmap ``handles`` (after the local grace period that makes it safe)."""
+    for m in handles:
+        m._close_mapping()
+    for map_id, m in list(rt._map_cache.items()):
+        if isinstance(map_id, int) and m.closed:
+            del rt._map_cache[map_id]
+    return len(handles)
 
 
 def mapped_ids(rt) -> list[int]:

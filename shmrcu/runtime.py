@@ -9,7 +9,8 @@ import errno
 import os
 import threading
 import weakref
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from . import segment as seg
 from ._epoch import SECTIONS_FENCE, SECTIONS_MEMBARRIER, ControlBlock, Reader, membarrier_register
@@ -21,6 +22,18 @@ MAX_WORKERS_LIMIT = 4096
 HOUSEKEEPING_S = 0.01        # idle processes drop freed maps within ~10 ms
 
 
+# Every Runtime object of this process: a forked child disowns them (see _disown_after_fork).
+_runtimes: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+
+
+def _disown_runtimes_after_fork() -> None:
+    for rt in list(_runtimes):
+        rt._disown_after_fork()
+
+
+seg.at_fork_in_child(_disown_runtimes_after_fork)
+
+
 class Runtime:
     """A shmrcu runtime seen from this process.
 
@@ -30,26 +43,91 @@ class Runtime:
             with rt.reader() as r, r.section():
                 ...
             rt.synchronize(timeout=1.0)
+
+    fork: a child that inherits a Runtime never acts on the parent's slots, locks
+    or lease; its first use re-attaches it (own descriptors, own slots, never the
+    controller), and map handles it inherited re-map themselves.  Threads: readers
+    and ``batch()`` are per thread.
     """
 
     def __init__(self, name: str, segment: seg.Segment, control: ControlBlock, created: bool):
         self.name = name
-        self._segment = segment
-        self._control = control
         self._created = created
         self._controller = None      # a controller.Controller while we hold the lease
-        self._readers: weakref.WeakSet[Reader] = weakref.WeakSet()
-        self._current: weakref.ref[Reader] | None = None
         self._closed = False
+        self._forked_from: int | None = None
+        self._bind_control(segment, control)
+        _runtimes.add(self)
+
+    def _bind_control(self, segment: seg.Segment, control: ControlBlock) -> None:
+        """Everything this process owns for the runtime (fresh at attach and after fork)."""
+        self._segment = segment
+        self.__control = control
         self._pid = os.getpid()
-        self._map_cache: dict[int, Any] = {}   # id -> opened map (maps layer)
-        self._freed_seen = control.freed_generation
+        self._needs_attach = False
+        self._attach_lock = threading.Lock()
+        self._readers: weakref.WeakSet[Reader] = weakref.WeakSet()
+        self._thread = threading.local()       # .current: this thread's latest reader
+        self._map_cache: dict[Any, Any] = {}   # id -> handle (maps layer), "directory" -> dir
+        self._handles: weakref.WeakSet = weakref.WeakSet()   # every bound map handle
+        self._freed_seen = control.freed_generation   # freed maps up to here are unmapped
+        self._freed_noticed = self._freed_seen       # ... and up to here are waiting to be
+        self._unmap_pending: list = []
+        self._unmap_token = 0
         # The housekeeper thread and a caller's thread may both notice a free;
         # only the slow path (a map was freed) takes it, never a read path.
         self._housekeeping_lock = threading.Lock()
         self._housekeeper_stop = threading.Event()
-        threading.Thread(target=self._housekeeper, args=(self._housekeeper_stop,),
-                         name=f"shmrcu-housekeeper-{name}", daemon=True).start()
+        self._housekeeper_thread = threading.Thread(
+            target=self._housekeeper, args=(self._housekeeper_stop,),
+            name=f"shmrcu-housekeeper-{self.name}", daemon=True)
+        self._housekeeper_thread.start()
+
+    @property
+    def _control(self) -> ControlBlock:
+        if self._needs_attach:
+            self._reattach()
+        return self.__control
+
+    # -- fork ----------------------------------------------------------------
+    def _disown_after_fork(self) -> None:
+        """In a forked child, before user code runs: forget what the parent owns.
+
+        Descriptors are already closed and mappings forgotten (shmrcu.segment);
+        readers and the control block were disowned by the core.  Nothing here
+        touches shared memory or locks: the child only stops believing it owns them."""
+        self._forked_from = self._pid
+        self._pid = os.getpid()
+        self._controller = None            # the lease stays the parent's (its thread is gone)
+        for m in list(self._handles):
+            m._disown()
+        self._inherited_handles = list(self._handles)
+        self._map_cache = {}
+        self._handles = weakref.WeakSet()
+        self._readers = weakref.WeakSet()
+        self._thread = threading.local()
+        self._unmap_pending = []
+        self._attach_lock = threading.Lock()
+        self._housekeeping_lock = threading.Lock()
+        self._needs_attach = not self._closed
+
+    def _reattach(self) -> None:
+        """First use in a forked child: open the runtime again, as this process."""
+        with self._attach_lock:
+            if not self._needs_attach:
+                return
+            fresh = Runtime.attach(self.name)        # raises RuntimeNotFound if destroyed
+            _runtimes.discard(fresh)
+            fresh._housekeeper_stop.set()
+            fresh._housekeeper_thread.join()
+            self._bind_control(fresh._segment, fresh._Runtime__control)
+            fresh._closed = True                     # its parts are ours now
+
+    def _rebind_inherited(self, handle) -> None:
+        """A map handle inherited across fork: map it again (maps layer)."""
+        from . import maps
+        self._check_open()
+        maps.rebind_inherited(self, handle)
 
     # -- lifecycle -----------------------------------------------------------
     @classmethod
@@ -73,7 +151,7 @@ class Runtime:
             raise RuntimeExists(f"runtime {name!r} already exists ({seg.SHM_DIR}{name_ctl}); "
                                 f"attach to it, or remove it with `shmrcu cleanup {name}`") from None
         try:
-            control = ControlBlock(segment.mapping, segment.fd)
+            control = ControlBlock(segment.mapping, segment.fd, segment.path)
             control.initialize(name, max_workers, sections_mode, mode)
         except BaseException:
             segment.close()
@@ -104,7 +182,7 @@ class Runtime:
         try:
             if segment.mapping is None:
                 raise CorruptSegment(f"control segment of runtime {name!r} is truncated: 0 bytes")
-            control = ControlBlock(segment.mapping, segment.fd)
+            control = ControlBlock(segment.mapping, segment.fd, segment.path)
             control.validate(name)
         except BaseException:
             segment.close()
@@ -140,27 +218,45 @@ class Runtime:
 
     @property
     def controller(self):
-        """The Controller while this process holds the lease; else ``ControllerBusy``/error."""
+        """The Controller while this process holds the lease; else ``NotController``."""
         if self._controller is None:
+            self._check_open()
+            if self._forked_from is not None:
+                raise NotController(
+                    f"this process (pid {os.getpid()}) is a fork() child of pid {self._forked_from}; "
+                    f"the controller lease of runtime {self.name!r} stays with the process that took "
+                    "it. To control the runtime from here use Runtime.attach(name, controller=True) "
+                    "(after the controller released the lease or died)")
             raise NotController(f"this process is not the controller of runtime {self.name!r}: "
                                 "use Runtime.attach(name, controller=True)")
         return self._controller
 
     def close(self) -> None:
-        """Detach: close this process's readers and unmap.  Idempotent."""
+        """Detach: close this process's readers and unmap.  Idempotent.
+
+        In a forked child this closes only what the child opened itself."""
         if self._closed:
+            return
+        if self._needs_attach:             # a fork child that never used it: nothing of ours
+            self._closed = True
+            self._needs_attach = False
             return
         self.release_control()
         self._housekeeper_stop.set()
-        for r in list(self._readers):
-            r.close()
-        for m in list(self._map_cache.values()):
-            close = getattr(m, "_close_mapping", None)
-            if close is not None:
-                close()
-        self._map_cache.clear()
-        self._closed = True
-        self._segment.close()
+        if self._housekeeper_thread is not threading.current_thread():
+            self._housekeeper_thread.join()  # it reads the control segment: unmap after it
+        with self._housekeeping_lock:
+            for r in list(self._readers):
+                r.close()
+            for m in list(self._handles):
+                m._close_mapping()
+            for m in list(self._map_cache.values()):
+                close = getattr(m, "_close_mapping", None)
+                if close is not None:
+                    close()
+            self._map_cache.clear()
+            self._closed = True
+            self._segment.close()
 
     def destroy(self) -> list[str]:
         """Unlink every segment of this runtime (the controller's job); returns their names."""
@@ -175,19 +271,22 @@ class Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._created and self.is_controller and os.getpid() == self._pid:
+        if self._created and self.is_controller and self._forked_from is None:
             self.destroy()
         else:
             self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"epoch={self._control.global_epoch}"
+        state = "closed" if self._closed else \
+            "inherited across fork" if self._needs_attach else f"epoch={self._control.global_epoch}"
         return f"<shmrcu.Runtime {self.name!r} {state}>"
 
     # -- facts ---------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
             raise ReaderClosed(f"runtime {self.name!r} is closed")
+        if self._needs_attach:
+            self._reattach()
 
     @property
     def closed(self) -> bool:
@@ -221,59 +320,73 @@ class Runtime:
 
     # -- readers -------------------------------------------------------------
     def reader(self, worker_id: int = -1) -> Reader:
-        """Register a reader (a worker slot); ``NoFreeSlot`` when all are taken."""
+        """Register a reader (a worker slot) for the calling thread; ``NoFreeSlot`` when
+        all are taken.  Readers are per thread: make one in each thread that reads."""
         self._check_open()
         lock_fd = self._segment.reopen_fd()   # its own OFD: the slot lock dies with us
         try:
-            r = Reader(self._control, lock_fd, worker_id)
+            r = Reader(self._control, lock_fd, worker_id, self._freed_seen)
         except BaseException:
-            os.close(lock_fd)
+            seg.close_owned_fd(lock_fd)
             raise
         self._readers.add(r)
-        self._current = weakref.ref(r)
+        self._thread.current = weakref.ref(r)
         return r
 
     @property
     def current_reader(self) -> Reader | None:
-        """The reader most recently registered in this process and still open."""
-        r = self._current() if self._current is not None else None
-        if r is not None and not r.closed:
-            return r
-        live = [x for x in self._readers if not x.closed]
-        return live[-1] if live else None
+        """The reader the calling thread registered most recently and still open
+        (per-worker maps write that reader's copy)."""
+        ref = getattr(self._thread, "current", None)
+        r = ref() if ref is not None else None
+        return r if r is not None and not r.closed else None
 
     def housekeeping(self, reader: Reader | None = None) -> None:
-        """Call at a quiescent point (outside sections): drop mappings of freed maps.
+        """Unmap maps the controller freed, once none of this process's readers can
+        still be using them.  Call it at a quiescent point; idle processes need not
+        (a background thread does it).
 
-        Costs one atomic load when no map was freed since the last call.  Then
-        every reader of this Runtime records that this process unmapped them,
-        which is what ``barrier()`` waits for."""
+        Costs one atomic load when no map was freed since the last call.  A freed
+        map was out of every outer slot for a whole grace period, but a handle
+        reached directly (``rt.map``) may still be in use by a section of another
+        thread here, so unmapping waits for a *local* grace period: every reader
+        slot of this process offline or past a token started after the free was
+        seen.  Then every reader of this Runtime records the unmap, which is what
+        ``barrier()`` waits for."""
+        if self._needs_attach or self._closed:
+            return
         gen = self._control.freed_generation
         if gen == self._freed_seen:
             return
         from . import maps
         with self._housekeeping_lock:
-            gen = self._control.freed_generation    # re-read: the other thread may have done it
+            if self._closed:
+                return
+            gen = self._control.freed_generation    # re-read: another thread may have done it
+            if gen != self._freed_noticed:
+                # the generation first, then the handles' states: every map freed up to
+                # `gen` shows FREED now; the token starts after we looked
+                self._unmap_pending = maps.freed_handles(self)
+                self._unmap_token = self._control.start_grace_period()
+                self._freed_noticed = gen
             if gen == self._freed_seen:
                 return
-            maps.drop_freed(self)
-            self._freed_seen = gen
+            if self._unmap_pending and not self._control.local_readers_past(self._unmap_token):
+                return                               # a section here may still use one
+            maps.close_handles(self, self._unmap_pending)
+            self._unmap_pending = []
+            self._freed_seen = self._freed_noticed
             for r in list(self._readers):
-                if not r.closed:
-                    r.mark_freed_seen(gen)
+                r.mark_freed_seen(self._freed_seen)
 
     def _housekeeper(self, stop: threading.Event) -> None:
-        """Background: when every reader here is offline, drop freed maps (idle processes
-        must not hold the barrier); online readers do it at their quiescent points."""
+        """Background: drop freed maps in processes that never call housekeeping
+        (idle readers, processes that only hold handles)."""
         while not stop.wait(HOUSEKEEPING_S):
             try:
-                if self._closed:
-                    return
-                if self._control.freed_generation != self._freed_seen and \
-                        not any(r.is_online for r in list(self._readers)):
-                    self.housekeeping()
+                self.housekeeping()
             except Exception:       # closed under us
-                if self._closed:
+                if self._closed or stop.is_set():
                     return
                 raise
 
@@ -298,6 +411,21 @@ class Runtime:
         self._check_open()
         self._control.wait_grace_period(token, timeout)
 
+    @contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """Around a blocking wait of the calling thread: ``SelfDeadlock`` inside its own
+        section; its online QSBR readers wait offline (a quiescent state) and come back."""
+        self._check_open()
+        offline = self._control.prepare_wait()
+        for r in offline:
+            r.offline()
+        try:
+            yield
+        finally:
+            for r in offline:
+                if not r.closed:
+                    r.online()
+
     # -- controller operations ---------------------------------------------------
     def batch(self):
         """``with rt.batch():`` -- outer updates inside share one grace period, at exit."""
@@ -309,11 +437,15 @@ class Runtime:
 
     def barrier(self, timeout: float | None = None) -> None:
         """Wait until every retired map is unlinked and unmapped by every live reader."""
-        self.controller.barrier(timeout)
+        controller = self.controller
+        with self._waiting():
+            controller.barrier(timeout)
 
     def wait_unreferenced(self, m, timeout: float) -> None:
         """Wait until ``m`` is in no outer slot and a grace period has passed since."""
-        self.controller.wait_unreferenced(m, timeout)
+        controller = self.controller
+        with self._waiting():
+            controller.wait_unreferenced(m, timeout)
 
     def _after_outer_update(self, sync: bool) -> None:
         """Outer maps call this after a successful update: the update-implies-sync policy."""

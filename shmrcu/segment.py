@@ -3,15 +3,37 @@
 Every segment of runtime ``net`` is ``/shmrcu.net.<part>`` (``ctl`` for the
 control segment, ``map.<id>`` for maps), so a runtime's segments can always be
 found -- and removed -- by listing ``/dev/shm``.
+
+fork
+----
+Everything a process owns here -- OFD locks (reader slots, the controller
+lease, the map directory), mappings and the objects built on them -- belongs to
+the pid that made it.  A ``fork()`` child inherits the descriptors (and with
+them the *same* open file descriptions, hence the same OFD locks) and would,
+by unlocking or by merely outliving its parent, act on the parent's slots and
+lease.  So in the child, before any user code runs (``os.register_at_fork``):
+
+* every mapping is already absent (MADV_DONTFORK) and its Python object is
+  forgotten: closed, never unmapped (see ``_segment.pyx``);
+* every inherited descriptor is closed -- never unlocked: closing one of two
+  descriptors of a description keeps its locks, which stay the parent's and
+  die with the parent;
+* each layer's hook disowns its objects (readers, runtimes, map handles), so
+  they raise or re-attach instead of touching what the parent owns.
+
+``fork_generation()`` counts the forks this process descends from, so an
+object can tell in one comparison whether it was made in this process.
 """
 from __future__ import annotations
 
 import os
 import re
+import weakref
+from typing import Callable
 
 import posix_ipc
 
-from ._segment import Mapping
+from ._segment import Mapping, forget_all
 
 SHM_DIR = "/dev/shm"
 PREFIX = "shmrcu."
@@ -59,6 +81,56 @@ def unlink(name: str) -> bool:
         return False
 
 
+# ---------------------------------------------------------------------------
+# fork: the child disowns what it inherited
+
+_fork_generation = 0
+_child_hooks: list[Callable[[], None]] = []
+_open_segments: "weakref.WeakSet[Segment]" = weakref.WeakSet()
+_owned_fds: set[int] = set()
+
+
+def fork_generation() -> int:
+    """How many forks separate this process from the one that imported shmrcu."""
+    return _fork_generation
+
+
+def at_fork_in_child(hook: Callable[[], None]) -> None:
+    """Run ``hook`` in every forked child, after the descriptors and mappings are dropped."""
+    _child_hooks.append(hook)
+
+
+def own_fd(fd: int) -> int:
+    """Register a descriptor that holds OFD locks: a forked child closes it (never unlocks)."""
+    _owned_fds.add(fd)
+    return fd
+
+
+def close_owned_fd(fd: int) -> None:
+    """Close a descriptor registered with ``own_fd`` (its locks go with it)."""
+    _owned_fds.discard(fd)
+    os.close(fd)
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+    forget_all()
+    for s in list(_open_segments):
+        s._disown()
+    for fd in list(_owned_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _owned_fds.clear()
+    for hook in _child_hooks:
+        hook()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Segment:
     """An open POSIX shared-memory segment and its mapping.
 
@@ -71,6 +143,7 @@ class Segment:
         self.size = os.fstat(shm.fd).st_size
         self.writable = writable
         self.mapping: Mapping | None = Mapping(shm.fd, self.size, writable) if self.size else None
+        _open_segments.add(self)
 
     @classmethod
     def create(cls, name: str, size: int, mode: int = 0o600) -> "Segment":
@@ -113,11 +186,16 @@ class Segment:
     def fd(self) -> int:
         return self._shm.fd
 
+    @property
+    def path(self) -> str:
+        return os.path.join(SHM_DIR, self.name.lstrip("/"))
+
     def reopen_fd(self) -> int:
         """A new descriptor (a new open file description) of the same segment.
 
-        OFD locks taken through it belong to it alone; close it with os.close."""
-        return os.open(os.path.join(SHM_DIR, self.name.lstrip("/")), os.O_RDWR | os.O_CLOEXEC)
+        OFD locks taken through it belong to it alone; close it with
+        ``close_owned_fd`` (a forked child closes it by itself)."""
+        return own_fd(os.open(self.path, os.O_RDWR | os.O_CLOEXEC))
 
     def close(self) -> None:
         if self.mapping is not None:
@@ -125,6 +203,13 @@ class Segment:
             self.mapping = None
         if self._shm is not None and self._shm.fd >= 0:
             self._shm.close_fd()
+        _open_segments.discard(self)
+
+    def _disown(self) -> None:
+        """Forked child: drop the inherited descriptor without touching its locks."""
+        self.mapping = None                # already forgotten (MADV_DONTFORK)
+        if self._shm is not None and self._shm.fd >= 0:
+            self._shm.close_fd()           # close(), not unlock: the parent keeps its locks
 
     def unlink(self) -> bool:
         return unlink(self.name)

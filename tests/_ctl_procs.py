@@ -31,6 +31,7 @@ def map_holder(name: str, map_names: list, ready, housekeep, stop, info) -> None
     """QSBR reader that maps the given maps, then keeps passing quiescent states
     without housekeeping until ``housekeep`` is set (so its mappings stay)."""
     with shmrcu.Runtime.attach(name) as rt, rt.reader() as r:
+        rt._housekeeper_stop.set()            # a process whose housekeeping is late
         r.online()
         total = 0
         for n in map_names:

@@ -11,6 +11,7 @@ import shmrcu
 from shmrcu import segment as seg
 
 import _ctl_procs
+from _threads import ReaderThread
 
 
 def shm_used() -> int:
@@ -72,8 +73,7 @@ def test_ab_accounting_without_grace_periods_loses_increments(runtime, procs):
 def test_swap_waits_for_a_grace_period_by_default(runtime):
     a, b, cfg = stats_maps(runtime)
     cfg[0] = a
-    with runtime.reader() as r:
-        r.online()                          # holds whatever it read until it is quiescent
+    with ReaderThread(runtime) as r:        # holds whatever it read until it is quiescent
         start = runtime.stats()["grace_periods"]
         old = cfg.swap(0, b, sync=False)    # opt-out: returns at once
         assert old.id == a.id and runtime.stats()["grace_periods"] == start
@@ -90,8 +90,7 @@ def test_failed_update_never_waits(runtime):
     a, b, cfg = stats_maps(runtime)
     wrong = runtime.create_map("hash", key="I", value="I", max_entries=128)
     cfg[0] = a
-    with runtime.reader() as r:
-        r.online()                          # any wait would block (no quiescent state)
+    with ReaderThread(runtime) as r:        # any wait would block (no quiescent state)
         before = runtime.stats()["grace_periods"]
         t0 = time.monotonic()
         with pytest.raises(ValueError) as exc:
@@ -143,8 +142,7 @@ def test_wait_unreferenced(runtime):
     cfg[0] = a
     with pytest.raises(shmrcu.GracePeriodTimeout, match=r"still referenced .* by cfg\[0\]"):
         runtime.wait_unreferenced(a, timeout=0.1)
-    with runtime.reader() as r:
-        r.online()
+    with ReaderThread(runtime) as r:
         cfg.swap(0, b, sync=False)
         with pytest.raises(shmrcu.GracePeriodTimeout) as exc:   # unreferenced, reader lags
             runtime.wait_unreferenced(a, timeout=0.1)

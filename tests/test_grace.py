@@ -13,6 +13,7 @@ from shmrcu import _epoch, _torture
 from shmrcu import segment as seg
 
 import _procs
+from _threads import ReaderThread
 
 READS = 2_000_000        # per reader process: 4M checked reads per run
 
@@ -106,7 +107,7 @@ def test_sigstopped_reader_named_in_timeout(runtime, procs):
 
 
 def test_waiting_on_a_stalled_reader_does_not_burn_a_core(runtime):
-    with runtime.reader() as r, r.section():
+    with ReaderThread(runtime, mode="section"):
         cpu0, t0 = time.process_time(), time.monotonic()
         with pytest.raises(shmrcu.GracePeriodTimeout):
             runtime.synchronize(timeout=1.0)
@@ -123,8 +124,7 @@ def test_offline_and_idle_readers_are_not_waited_for(runtime):
 
 
 def test_grace_period_tokens(runtime):
-    with runtime.reader() as r:
-        r.online()
+    with ReaderThread(runtime) as r:
         tok = runtime.start_grace_period()
         assert not runtime.poll_grace_period(tok)       # r has not passed a quiescent state
         with pytest.raises(shmrcu.GracePeriodTimeout):
