@@ -228,7 +228,9 @@ class Gunicorn:
         self.cmd = [sys.executable, "-m", "gunicorn", "--preload", "-c", "python:_prefork_app",
                     "-w", str(WORKERS), "-k", "sync", "-b", f"127.0.0.1:{self.port}",
                     "--chdir", str(TESTS_DIR), "_prefork_app:app"]
-        self.env = dict(os.environ, SHMRCU_PREFORK_RUNTIME=rt.name)
+        # the config module (-c python:_prefork_app) is imported before --chdir applies
+        path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
+        self.env = dict(os.environ, SHMRCU_PREFORK_RUNTIME=rt.name, PYTHONPATH=path)
         self.pids: set[int] = set()          # the master and every worker seen
 
     def __enter__(self) -> "Gunicorn":
