@@ -171,6 +171,7 @@ class Controller:
         self.rt.housekeeping()
         while True:
             control.reclaim_dead()
+            self.rt.housekeeping()            # this process's own readers, without waiting 10 ms
             behind = [r for r in control.readers() if r["freed_seen"] < generation]
             if not behind:
                 break

@@ -106,6 +106,7 @@ class WorkerPool:
         self._stopped = False
         self._final: dict | None = None     # stats() at stop, served once the runtime is closed
         self._cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self._pid = os.getpid()             # the workers are this process's children only
 
     # -- lifecycle -----------------------------------------------------------
     def __enter__(self) -> "WorkerPool":
@@ -163,6 +164,8 @@ class WorkerPool:
         """Stop every worker cleanly (SIGTERM: finish the batch, go offline,
         release the slot); SIGKILL those still running after ``timeout``.
         Returns the final ``stats()``."""
+        if os.getpid() != self._pid:
+            return {}        # a fork() child's copy: the workers are the parent's to stop
         if not self._started or self._stopped:
             return self.stats() if self._started else {}
         self._stop_evt.set()

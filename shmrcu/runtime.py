@@ -100,8 +100,7 @@ class Runtime:
         self._pid = os.getpid()
         self._controller = None            # the lease stays the parent's (its thread is gone)
         for m in list(self._handles):
-            m._disown()
-        self._inherited_handles = list(self._handles)
+            m._disown()                    # each re-maps itself at its next use
         self._map_cache = {}
         self._handles = weakref.WeakSet()
         self._readers = weakref.WeakSet()
