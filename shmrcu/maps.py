@@ -148,6 +148,8 @@ class _OuterMap(Map):
         successful update the runtime's policy runs (``sync=True``: wait for a grace
         period, or defer it to the enclosing ``rt.batch()``); a failed one never waits."""
         self._check_template(inner)
+        if sync:
+            self._check_can_wait()
         with directory_locked(self.runtime):        # excludes a concurrent retire(inner)
             if inner.state != "live":
                 raise TemplateMismatch(f"inner map {inner.id} is {inner.state}, not live")
@@ -160,9 +162,18 @@ class _OuterMap(Map):
 
     def pop_id(self, key, *, sync: bool = True) -> int:
         """Remove ``key``; returns the inner id it held (then the update policy runs)."""
+        if sync:
+            self._check_can_wait()
         old = self._swap_id(key, 0)
         self._after_update(sync)
         return old
+
+    def _check_can_wait(self) -> None:
+        """A synchronous update from inside this thread's own section would wait for
+        itself: refuse it before anything is stored (SelfDeadlock), not after."""
+        control = getattr(self.runtime, "_control", None)
+        if control is not None:
+            control.prepare_wait()
 
     def _after_update(self, sync: bool) -> None:
         hook = getattr(self.runtime, "_after_outer_update", None)
@@ -438,7 +449,7 @@ def _bind(rt, mapping, map_id: int, info: dict, into: Map | None = None) -> Map:
     handle._attach(rt, rt._control, mapping, map_id, kf, vf, info)
     if not rt._map_cache.get(map_id) or rt._map_cache[map_id].closed:
         rt._map_cache[map_id] = handle
-    rt._handles.add(handle)
+    rt._add_handle(handle)
     return handle
 
 
@@ -551,7 +562,7 @@ def drop_freed(rt) -> int:
     Call at a quiescent point (outside read-side sections): handles of those
     maps raise MapClosed afterwards."""
     dropped = 0
-    for m in list(rt._handles):
+    for m in rt._handle_list():
         if not m.closed and m.state_code == _maps.STATE_FREED:
             m._close_mapping()
             dropped += 1
@@ -563,7 +574,7 @@ def drop_freed(rt) -> int:
 
 def freed_handles(rt) -> list[Map]:
     """Handles of this runtime object whose map the controller has freed (still mapped)."""
-    return [m for m in list(rt._handles) if not m.closed and m.state_code == _maps.STATE_FREED]
+    return [m for m in rt._handle_list() if not m.closed and m.state_code == _maps.STATE_FREED]
 
 
 def close_handles(rt, handles) -> int:

@@ -70,6 +70,7 @@ class Runtime:
         self._thread = threading.local()       # .current: this thread's latest reader
         self._map_cache: dict[Any, Any] = {}   # id -> handle (maps layer), "directory" -> dir
         self._handles: weakref.WeakSet = weakref.WeakSet()   # every bound map handle
+        self._handles_lock = threading.Lock()  # a WeakSet must not grow while another thread lists it
         self._freed_seen = control.freed_generation   # freed maps up to here are unmapped
         self._freed_noticed = self._freed_seen       # ... and up to here are waiting to be
         self._unmap_pending: list = []
@@ -103,6 +104,7 @@ class Runtime:
             m._disown()                    # each re-maps itself at its next use
         self._map_cache = {}
         self._handles = weakref.WeakSet()
+        self._handles_lock = threading.Lock()
         self._readers = weakref.WeakSet()
         self._thread = threading.local()
         self._unmap_pending = []
@@ -121,6 +123,14 @@ class Runtime:
             fresh._housekeeper_thread.join()
             self._bind_control(fresh._segment, fresh._Runtime__control)
             fresh._closed = True                     # its parts are ours now
+
+    def _add_handle(self, handle) -> None:
+        with self._handles_lock:
+            self._handles.add(handle)
+
+    def _handle_list(self) -> list:
+        with self._handles_lock:
+            return list(self._handles)
 
     def _rebind_inherited(self, handle) -> None:
         """A map handle inherited across fork: map it again (maps layer)."""
@@ -247,7 +257,7 @@ class Runtime:
         with self._housekeeping_lock:
             for r in list(self._readers):
                 r.close()
-            for m in list(self._handles):
+            for m in self._handle_list():
                 m._close_mapping()
             for m in list(self._map_cache.values()):
                 close = getattr(m, "_close_mapping", None)
@@ -323,12 +333,15 @@ class Runtime:
         all are taken.  Readers are per thread: make one in each thread that reads."""
         self._check_open()
         lock_fd = self._segment.reopen_fd()   # its own OFD: the slot lock dies with us
-        try:
-            r = Reader(self._control, lock_fd, worker_id, self._freed_seen)
-        except BaseException:
-            seg.close_owned_fd(lock_fd)
-            raise
-        self._readers.add(r)
+        # under the housekeeping lock: the slot starts at what this process has really
+        # unmapped, and no housekeeping pass can advance that before r is registered
+        with self._housekeeping_lock:
+            try:
+                r = Reader(self._control, lock_fd, worker_id, self._freed_seen)
+            except BaseException:
+                seg.close_owned_fd(lock_fd)
+                raise
+            self._readers.add(r)
         self._thread.current = weakref.ref(r)
         return r
 

@@ -87,21 +87,20 @@ def test_torture_cell_catches_a_broken_synchronize(rt_name, procs, cell):
     assert out["bad_main"] > 0, f"torture missed a broken synchronize: {_summary(out)}"
 
 
-@pytest.mark.xfail(strict=True, reason="core bug found by the torture's threads cells (stale_acks): "
-                   "Runtime.housekeeping() returns early when the process already dropped the latest "
-                   "free, without acknowledging a reader whose slot was claimed before that free but "
-                   "registered in rt._readers after it; barrier() then waits for that reader until the "
-                   "next free or its close", raises=shmrcu.GracePeriodTimeout)
 def test_reader_registered_across_a_housekeeping_pass_is_acknowledged(runtime):
-    """Deterministic replay of the interleaving the threads cells hit now and then:
+    """Replay of the interleaving the threads cells hit now and then (stale_acks):
     thread A claims a slot (freed_seen = g), a map is freed (g + 1) and thread B's
-    housekeeping acknowledges the readers it knows, then A's reader joins rt._readers."""
+    housekeeping runs, then A's reader joins rt._readers.  Registration now holds the
+    housekeeping lock, so B's pass waits for it and acknowledges the late reader too;
+    before, barrier() waited for that reader until the next free."""
+    import threading
     import time
     import weakref
 
     rt = runtime
     victim = rt.create_map("array", key="I", value="Q", max_entries=4)
     real = rt._readers
+    other = []
 
     class FreeBeforeAdd(weakref.WeakSet):
         def add(self, item):
@@ -110,7 +109,10 @@ def test_reader_registered_across_a_housekeeping_pass_is_acknowledged(runtime):
             deadline = time.monotonic() + 10
             while rt._control.freed_generation == gen and time.monotonic() < deadline:
                 time.sleep(0.001)
-            rt.housekeeping()                      # ... and another thread's housekeeping
+            t = threading.Thread(target=rt.housekeeping)   # ... and another thread's pass
+            t.start()
+            other.append(t)
+            t.join(0.2)                            # it waits for the registration
             real.add(item)
 
     rt._readers = FreeBeforeAdd()
@@ -119,8 +121,9 @@ def test_reader_registered_across_a_housekeeping_pass_is_acknowledged(runtime):
     finally:
         rt._readers = real
     try:
+        other[0].join(10)
         assert rt._control.freed_generation > 0
         rt.housekeeping()                          # what the late reader does at a quiescent point
-        rt.barrier(timeout=0.5)                    # GracePeriodTimeout naming its slot, today
+        rt.barrier(timeout=0.5)                    # GracePeriodTimeout naming its slot, before
     finally:
         late.close()
