@@ -757,14 +757,15 @@ HK_CLOSE = """
 """
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 def test_close_while_housekeeper_runs_never_reads_unmapped_memory(rt_name):
     """Suspicious #1 (repro hk_close.py, CONFIRMED): Runtime.close() unmapped the control
     segment while its housekeeper thread was still reading it (SIGSEGV)."""
-    res = run_child(HK_CLOSE, rt_name, "6", timeout=45)
-    assert not res.timed_out, res.err[-3000:]
-    assert res.rc == 0, f"rc {res.rc} (-11: SIGSEGV)\n{res.err[-4000:]}"
-    assert "CLOSES" in res.out
+    for attempt in range(3):                 # the race needs luck: ~1 crash per 5 s before
+        res = run_child(HK_CLOSE, rt_name, "5", timeout=40)
+        assert not res.timed_out, res.err[-3000:]
+        assert res.rc == 0, f"attempt {attempt}: rc {res.rc} (-11: SIGSEGV)\n{res.err[-4000:]}"
+        assert "CLOSES" in res.out
 
 
 @pytest.mark.timeout(60)
