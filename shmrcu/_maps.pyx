@@ -483,8 +483,10 @@ cdef int hash_delete(map_view* m, const char* key, uint64_t* old_id) noexcept no
         if shm_cas_seq_cst(<uint64_t*>s, ctl, (ctl & ~STATE_MASK) | S_DELETING):
             break
     if old_id != NULL:
-        # acquire: pairs with the release half of the seq_cst exchange that stored it
-        old_id[0] = shm_load_acquire(<uint64_t*>value_at(m, <uint64_t>e, 0))
+        # seq_cst exchange with 0: takes the id out, so a concurrent exchange-update
+        # (a CAS from a non-zero id) either landed first -- we report its id -- or
+        # fails and retries; acquire half pairs with the store that published the id
+        old_id[0] = shm_xchg_seq_cst(<uint64_t*>value_at(m, <uint64_t>e, 0), 0)
     # seq_cst: a reader that saw the slot LIVE entered its section at an epoch <= this
     ep = shm_load_seq_cst(&m.ctl.global_epoch) + 1
     # relaxed: published by the release store of TOMB just below
@@ -558,11 +560,24 @@ cdef int mv_delete(map_view* m, const void* key) noexcept nogil:
     e = array_index(m, key)
     return <int>e if e < 0 else -EINVAL   # array entries cannot be deleted (BPF)
 
+cdef inline uint64_t add_at(map_view* m, int64_t e, uint32_t copy, uint32_t offset,
+                            uint64_t delta) noexcept nogil:
+    """Add to one u64 field of entry ``e``; returns the new value."""
+    cdef uint64_t* p = <uint64_t*>(value_at(m, <uint64_t>e, copy) + offset)
+    cdef uint64_t v
+    if m.n_copies > 1:
+        # relaxed load/store: a per-worker copy has one writer, its owner; the
+        # atomic access only keeps a summing reader from seeing a torn word
+        v = shm_load_relaxed(p) + delta
+        shm_store_relaxed(p, v)
+        return v
+    # relaxed fetch_add: exact sums need atomicity only, a counter orders nothing
+    return shm_fetch_add_relaxed(p, delta) + delta
+
 cdef int mv_add_u64(map_view* m, const void* key, uint32_t offset, uint64_t delta,
                     uint32_t copy, uint64_t* result) noexcept nogil:
     cdef bint created
     cdef int64_t e
-    cdef uint64_t* p
     cdef uint64_t v
     if not m.writable:
         return -EPERM
@@ -572,15 +587,7 @@ cdef int mv_add_u64(map_view* m, const void* key, uint32_t offset, uint64_t delt
     e = mv_upsert(m, key, NULL, copy, &created)
     if e < 0:
         return <int>e
-    p = <uint64_t*>(value_at(m, <uint64_t>e, copy) + offset)
-    if m.n_copies > 1:
-        # relaxed load/store: a per-worker copy has one writer, its owner; the
-        # atomic access only keeps a summing reader from seeing a torn word
-        v = shm_load_relaxed(p) + delta
-        shm_store_relaxed(p, v)
-    else:
-        # relaxed fetch_add: exact sums need atomicity only, a counter orders nothing
-        v = shm_fetch_add_relaxed(p, delta) + delta
+    v = add_at(m, e, copy, offset, delta)
     if result != NULL:
         result[0] = v
     return 0
@@ -623,10 +630,21 @@ cdef int mv_swap_id(map_view* m, const void* key, uint64_t new_id, uint64_t flag
         if e >= 0:
             if flags == <uint64_t>SHMRCU_NOEXIST:
                 return -EEXIST
-            # seq_cst exchange: release publishes the new inner map to readers that
+            p = <uint64_t*>value_at(m, <uint64_t>e, 0)
+            # acquire: the id we are about to replace (and report) is the current one
+            cur = shm_load_acquire(p)
+            # A LIVE outer entry never holds 0: 0 means a delete took the id out (its
+            # exchange with 0, see hash_delete) and the key is going away.  Replacing
+            # with a CAS from a non-zero id makes each id come back exactly once: to
+            # us, to a concurrent exchanger, or to the delete -- never to two of them.
+            # seq_cst CAS: release publishes the new inner map to readers that
             # acquire-load the id; seq_cst orders it before a following grace period
-            old[0] = shm_xchg_seq_cst(<uint64_t*>value_at(m, <uint64_t>e, 0), new_id)
-            return 0
+            if cur != 0 and shm_cas_seq_cst(p, cur, new_id):
+                old[0] = cur
+                return 0
+            if backoff(&spins, &since):
+                return -EBUSY
+            continue
         if flags == <uint64_t>SHMRCU_EXIST:
             return -ENOENT
         e = hash_insert(m, <const char*>key, h, &new_id, 0)
@@ -1173,8 +1191,8 @@ cdef class MapCore:
         cdef object kb
         cdef int rc
         cdef int copy = 0
-        cdef uint32_t off
         cdef int64_t e
+        cdef bint created
         self.check(True)
         if self.view.n_copies > 1:
             copy = self.copy_index()
@@ -1191,20 +1209,34 @@ cdef class MapCore:
                 raise ValueError(f"add() needs {self.value_fields} deltas for value format "
                                  f"{self.value_struct.text!r}, got {len(deltas)}")
         for j in range(self.value_fields):
-            dj = deltas[j]
-            if offsets[j] < 0:
-                if dj:
-                    raise UnsupportedOperation(f"field {j} of value format {self.value_struct.text!r} "
-                                               f"is not a u64: add() needs 'Q' or 'q' fields")
-                continue
-            d = <uint64_t>(<int64_t>dj) if dj < 0 else <uint64_t>dj
-            off = offsets[j]
-            rc = mv_add_u64(&self.view, buf_ptr(kb, &ksmall), off, d, copy, &res)
+            if offsets[j] < 0 and deltas[j]:
+                raise UnsupportedOperation(f"field {j} of value format {self.value_struct.text!r} "
+                                           f"is not a u64: add() needs 'Q' or 'q' fields")
+        if self.value_fields == 1:
+            d = <uint64_t>(<int64_t>delta) if delta < 0 else <uint64_t>delta
+            rc = mv_add_u64(&self.view, buf_ptr(kb, &ksmall), offsets[0], d, copy, &res)
             if rc == -EAGAIN and self.may_synchronize():
                 self.runtime.synchronize()
-                rc = mv_add_u64(&self.view, buf_ptr(kb, &ksmall), off, d, copy, &res)
+                rc = mv_add_u64(&self.view, buf_ptr(kb, &ksmall), offsets[0], d, copy, &res)
             if rc < 0:
                 self.raise_rc(rc, key)
+        else:
+            # one upsert, then every field into that entry: a delete between two fields
+            # must not make the second field re-insert the key as (0, delta)
+            if self.view.kind == SHMRCU_MAP_ARRAY_OF_MAPS or self.view.kind == SHMRCU_MAP_HASH_OF_MAPS:
+                self.raise_rc(-EINVAL, key)
+            e = mv_upsert(&self.view, buf_ptr(kb, &ksmall), NULL, copy, &created)
+            if e == -EAGAIN and self.may_synchronize():
+                self.runtime.synchronize()
+                e = mv_upsert(&self.view, buf_ptr(kb, &ksmall), NULL, copy, &created)
+            if e < 0:
+                self.raise_rc(<int>e, key)
+            for j in range(self.value_fields):
+                dj = deltas[j]
+                if offsets[j] < 0 or not dj:
+                    continue
+                d = <uint64_t>(<int64_t>dj) if dj < 0 else <uint64_t>dj
+                add_at(&self.view, e, copy, offsets[j], d)
         e = mv_find(&self.view, buf_ptr(kb, &ksmall))
         if e < 0:
             return None               # deleted concurrently

@@ -843,6 +843,10 @@ def test_barrier_counts_a_new_reader_of_a_process_that_still_maps_a_freed_map(ru
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="confirmed, not fixed yet: a half-insert records no owner, so a dead "
+                          "writer's CLAIMED/PENDING slot cannot be told from a live one (lands with "
+                          "the whole-values insert protocol, issue 11)")
 def test_dead_writers_half_insert_does_not_block_its_key_forever(runtime, procs):
     """Suspicious #3 (CONFIRMED, open design point): a writer that died between claiming
     a slot and publishing it leaves its key uninsertable: every later insert spins ~1 s
