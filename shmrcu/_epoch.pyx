@@ -131,6 +131,12 @@ cdef extern from *:
     void shmrcu_tls_online_inc() nogil
     void shmrcu_tls_online_dec() nogil
 
+def thread_online():
+    """True if the calling thread may have a reader online or inside a section (one
+    thread-local load; a hint: exact per runtime with ControlBlock.prepare_wait)."""
+    return shmrcu_tls_online != 0
+
+
 # Objects of this process that a fork() child must disown (see shmrcu.segment).
 _control_blocks = weakref.WeakSet()
 _readers = weakref.WeakSet()

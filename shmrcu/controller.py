@@ -45,6 +45,7 @@ class Controller:
         # free the background thread has popped but not finished.
         self._freeing = threading.Lock()
         self._batch = threading.local()        # per thread: .depth, .dirty
+        self.retire_lock = threading.Lock()    # retire vs this process's outer inserts
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -95,9 +96,10 @@ class Controller:
         if m.state != "live":
             raise MapClosed(f"map {m.name or m.id!r} (id {m.id}) is already {m.state}")
         # Retire excludes a concurrent outer insert of m (any thread, any process):
-        # both hold the directory lock from their check to their store, so an
-        # insert either lands first (we see the reference) or sees m retired.
-        with maps.directory_locked(self.rt):
+        # both hold a common lock from their check to their store (our inserts: the
+        # retire lock; other processes': the directory lock), so an insert either
+        # lands first (we see the reference) or sees m retired.
+        with self.retire_lock, maps.directory_locked(self.rt):
             refs = outer_references(self.rt, m.id)
             if refs:
                 where = ", ".join(f"{outer}[{key!r}]" for outer, key in refs)

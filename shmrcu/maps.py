@@ -21,6 +21,7 @@ import threading
 import weakref
 from typing import Any
 
+from . import _epoch
 from . import _formats
 from . import _mapdir
 from . import _mapheader
@@ -150,8 +151,8 @@ class _OuterMap(Map):
         self._check_template(inner)
         if sync:
             self._check_can_wait()
-        with directory_locked(self.runtime):        # excludes a concurrent retire(inner)
-            if inner.state != "live":
+        with outer_insert_lock(self.runtime):       # excludes a concurrent retire(inner)
+            if inner.state_code != _maps.STATE_LIVE:
                 raise TemplateMismatch(f"inner map {inner.id} is {inner.state}, not live")
             old = self._swap_id(key, inner.id, flags)
         self._after_update(sync)
@@ -171,9 +172,8 @@ class _OuterMap(Map):
     def _check_can_wait(self) -> None:
         """A synchronous update from inside this thread's own section would wait for
         itself: refuse it before anything is stored (SelfDeadlock), not after."""
-        control = getattr(self.runtime, "_control", None)
-        if control is not None:
-            control.prepare_wait()
+        if _epoch.thread_online():
+            self.runtime._control.prepare_wait()
 
     def _after_update(self, sync: bool) -> None:
         hook = getattr(self.runtime, "_after_outer_update", None)
@@ -300,6 +300,16 @@ def _directory(rt, create: bool = False) -> _DirHandle:
         raise
     rt._map_cache[_DIR_KEY] = d
     return d
+
+
+def outer_insert_lock(rt):
+    """What an outer insert holds from its "inner is live" check to its store.
+
+    ``retire`` (controller only) holds the controller's retire lock *and* the
+    directory lock: the controller's own inserts need only the former (no
+    syscall on the swap path), inserts from other processes take the latter."""
+    controller = getattr(rt, "_controller", None)
+    return controller.retire_lock if controller is not None else _directory(rt)
 
 
 def directory_locked(rt) -> _DirHandle:

@@ -406,22 +406,22 @@ class Runtime:
     def synchronize(self, timeout: float | None = None) -> None:
         """Wait until every reader has passed a quiescent state (or is offline)."""
         self._check_open()
-        self._control.synchronize(timeout)
+        self.__control.synchronize(timeout)
 
     def start_grace_period(self) -> int:
         """Start a grace period without waiting; returns its token."""
         self._check_open()
-        return self._control.start_grace_period()
+        return self.__control.start_grace_period()
 
     def poll_grace_period(self, token: int) -> bool:
         """True once the grace period ``token`` has elapsed; never blocks."""
         self._check_open()
-        return self._control.poll_grace_period(token)
+        return self.__control.poll_grace_period(token)
 
     def wait_grace_period(self, token: int, timeout: float | None = None) -> None:
         """Block until grace period ``token`` has elapsed."""
         self._check_open()
-        self._control.wait_grace_period(token, timeout)
+        self.__control.wait_grace_period(token, timeout)
 
     @contextmanager
     def _waiting(self) -> Iterator[None]:
