@@ -8,7 +8,7 @@ from ._epoch import Reader
 from ._maps import ANY, EXIST, NOEXIST
 from .errors import (ControllerBusy, CorruptSegment, GracePeriodTimeout, IndexOutOfRange, InheritedAcrossFork,
                      InvalidMapSpec, KeyExists, KeyNotFound, MapClosed, MapExists, MapFull, MapInUse,
-                     MapNotFound, NoFreeSlot, NotController, OutOfSharedMemory, ReaderClosed, ReadOnlyMap,
+                     MapNotFound, NoFreeSlot, NotController, OutOfSharedMemory, OutsideSection, ReaderClosed, ReadOnlyMap,
                      RuntimeExists, RuntimeNotFound, SelfDeadlock, ShmrcuError, StalledSlot, TemplateMismatch,
                      UnsupportedOperation)
 from .runtime import Runtime
@@ -24,4 +24,5 @@ __all__ = [
     "OutOfSharedMemory", "KeyNotFound", "KeyExists", "MapFull", "IndexOutOfRange", "ReadOnlyMap",
     "MapClosed", "MapNotFound", "MapExists", "InvalidMapSpec", "TemplateMismatch",
     "UnsupportedOperation", "InheritedAcrossFork", "NotController", "SelfDeadlock",
+    "OutsideSection",
 ]

@@ -78,6 +78,7 @@ cdef class Reader:
     cdef worker_slot* slot
     cdef readonly int index
     cdef readonly int depth       # nesting depth of explicit sections (process-local)
+    cdef readonly unsigned long long sections   # read-side sections ended (and quiescent states)
     cdef bint qsbr_online
     cdef bint fence
     cdef int lock_fd

@@ -137,6 +137,18 @@ def thread_online():
     return shmrcu_tls_online != 0
 
 
+def thread_reader():
+    """The calling thread's reader that is online or inside a section (None if none)."""
+    cdef Reader r
+    if not shmrcu_tls_online:
+        return None
+    for ref in getattr(_thread, "readers", ()):
+        r = ref()
+        if r is not None and not r.closed and (r.depth or r.qsbr_online):
+            return r
+    return None
+
+
 # Objects of this process that a fork() child must disown (see shmrcu.segment).
 _control_blocks = weakref.WeakSet()
 _readers = weakref.WeakSet()
@@ -925,6 +937,7 @@ cdef class Reader:
         """Forked child: forget the parent's slot (never release, never unlock it)."""
         self.closed = True
         self.inherited = True
+        self.sections += 1
         self.depth = 0
         self.qsbr_online = False
         self.slot = NULL
@@ -943,6 +956,7 @@ cdef class Reader:
             if self.depth == 0 and not self.qsbr_online:
                 rcu_offline(self.slot)
                 shmrcu_tls_online_dec()
+                self.sections += 1
 
     def section(self):
         """A read-side critical section (context manager, nestable)."""
@@ -969,6 +983,7 @@ cdef class Reader:
             rcu_offline(self.slot)
             shmrcu_tls_online_dec()
             self.qsbr_online = False
+            self.sections += 1
 
     def quiescent(self):
         """QSBR: report a quiescent state (drops every reference taken before)."""
@@ -979,6 +994,7 @@ cdef class Reader:
             raise RuntimeError("quiescent() on an offline reader: call online() first")
         rcu_quiescent(self.hdr, self.slot)
         self.slot.quiescent_states += 1
+        self.sections += 1
 
     def publish(self, uint64_t events, uint64_t batches=1):
         """Add to this slot's counters and stamp the last-advance time (pool workers)."""
@@ -1028,6 +1044,7 @@ cdef class Reader:
         self.depth = 0
         self.qsbr_online = False
         self.closed = True
+        self.sections += 1
         self.control.release_slot(self.index, self.lock_fd)
         _seg.close_owned_fd(self.lock_fd)
         _readers.discard(self)

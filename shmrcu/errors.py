@@ -74,6 +74,14 @@ class NotController(ShmrcuError, RuntimeError):
     errno = _errno.EPERM
 
 
+class OutsideSection(ShmrcuError, RuntimeError):
+    """An inner map reached through an outer map outside any read-side section of the
+    calling thread (or, in debug mode, used after the section that produced it ended):
+    nothing would keep it from being replaced and freed meanwhile."""
+
+    errno = _errno.EPERM
+
+
 class SelfDeadlock(ShmrcuError, RuntimeError):
     """A wait for a grace period from a thread inside its own read-side section:
     it would wait for itself (lockdep's rule for synchronize_rcu under rcu_read_lock)."""

@@ -28,7 +28,8 @@ from . import _mapheader
 from . import _maps
 from . import segment as seg
 from ._maps import ANY, EXIST, NOEXIST, MapCore
-from .errors import (CorruptSegment, InvalidMapSpec, MapClosed, MapExists, MapNotFound, ReaderClosed,
+from .errors import (CorruptSegment, InvalidMapSpec, MapClosed, MapExists, MapNotFound, OutsideSection,
+                     ReaderClosed,
                      RuntimeNotFound, TemplateMismatch)
 
 __all__ = [
@@ -125,12 +126,36 @@ class _OuterMap(Map):
                 "max_entries": t["max_entries"],
                 "worker_readonly": bool(t["flags"] & _maps.F_WORKER_READONLY)}
 
+    def _guard(self):
+        """None for the controller (the only updater: the kernel's
+        rcu_dereference_protected); else True, or in debug mode the reader whose section
+        protects an inner map reached now.  OutsideSection when the calling thread holds
+        no section and no online reader."""
+        rt = self.runtime
+        if rt._controller is not None:
+            return None
+        if _epoch.thread_online():                 # one thread-local load
+            return _epoch.thread_reader() if rt.debug else True
+        raise OutsideSection(
+            f"{self.kind} {self.name or self.id!r}: reaching an inner map needs a read-side "
+            "section of this thread -- `with reader.section(): inner = outer[k]` (or a QSBR "
+            "reader that is online) -- else the controller may replace and free it while you "
+            "use it. Readers are per thread: rt.reader() in each thread that reads")
+
+    def _inner(self, map_id: int, reader) -> Map:
+        m = _open_id(self.runtime, map_id)
+        if reader is not None and reader is not True:
+            return SectionBound(m, reader)
+        return m
+
     def __getitem__(self, key) -> Map:
-        return _open_id(self.runtime, self._lookup_id(key))
+        r = self._guard()
+        return self._inner(self._lookup_id(key), r)
 
     def get(self, key, default=None):
+        r = self._guard()
         try:
-            return self[key]
+            return self._inner(self._lookup_id(key), r)
         except KeyError:
             return default
 
@@ -148,6 +173,8 @@ class _OuterMap(Map):
         TemplateMismatch (EINVAL) unless ``inner`` matches the template.  After a
         successful update the runtime's policy runs (``sync=True``: wait for a grace
         period, or defer it to the enclosing ``rt.batch()``); a failed one never waits."""
+        if isinstance(inner, SectionBound):
+            inner = inner._shmrcu_map
         self._check_template(inner)
         if sync:
             self._check_can_wait()
@@ -184,12 +211,22 @@ class _OuterMap(Map):
         return self._ids()
 
     def values(self) -> list[Map]:
-        return [_open_id(self.runtime, i) for i in self._ids()]
+        r = self._guard()
+        return [self._inner(i, r) for i in self._ids()]
 
     def items(self) -> list[tuple[Any, Map]]:
-        return [(k, self[k]) for k in self.keys()]
+        r = self._guard()
+        out = []
+        for k in self.keys():
+            try:
+                out.append((k, self._inner(self._lookup_id(k), r)))
+            except KeyError:          # deleted since keys() looked
+                pass
+        return out
 
     def _check_template(self, inner: object) -> None:
+        if isinstance(inner, SectionBound):
+            inner = inner._shmrcu_map
         if not isinstance(inner, Map):
             raise TemplateMismatch(f"values of {self.kind} maps are maps, got {type(inner).__name__}")
         if inner.closed or inner.state != "live":
@@ -204,6 +241,59 @@ class _OuterMap(Map):
         if diff:
             raise TemplateMismatch(f"inner map {inner.id} does not match the template of "
                                    f"{self.kind} {self.id}: " + "; ".join(diff))
+
+
+class SectionBound:
+    """Debug mode (``SHMRCU_DEBUG=1`` or ``rt.debug = True``): an inner map reached
+    through an outer map, usable only inside the section (or QSBR batch) that reached
+    it.  Any use after that section ended -- or after a quiescent state -- raises
+    OutsideSection instead of reading a map that may have been freed meanwhile."""
+
+    __slots__ = ("_shmrcu_map", "_shmrcu_reader", "_shmrcu_section")
+
+    def __init__(self, m: Map, reader):
+        object.__setattr__(self, "_shmrcu_map", m)
+        object.__setattr__(self, "_shmrcu_reader", reader)
+        object.__setattr__(self, "_shmrcu_section", reader.sections)
+
+    def _shmrcu_check(self) -> Map:
+        r = self._shmrcu_reader
+        if r.closed or not r.is_online or r.sections != self._shmrcu_section:
+            m = self._shmrcu_map
+            raise OutsideSection(
+                f"inner map {m.name or m.id!r} was reached through an outer map inside a read-side "
+                "section that has ended (or a QSBR reader that has since been quiescent): resolve "
+                "it again inside the section that uses it (SHMRCU_DEBUG check)")
+        return self._shmrcu_map
+
+    def __getattr__(self, name):
+        value = getattr(self._shmrcu_check(), name)
+        if callable(value):
+            def checked(*args, **kwargs):
+                return getattr(self._shmrcu_check(), name)(*args, **kwargs)
+            return checked
+        return value
+
+    def __getitem__(self, key):
+        return self._shmrcu_check()[key]
+
+    def __setitem__(self, key, value):
+        self._shmrcu_check()[key] = value
+
+    def __delitem__(self, key):
+        del self._shmrcu_check()[key]
+
+    def __contains__(self, key):
+        return key in self._shmrcu_check()
+
+    def __len__(self):
+        return len(self._shmrcu_check())
+
+    def __iter__(self):
+        return iter(self._shmrcu_check())
+
+    def __repr__(self):
+        return f"<section-bound {self._shmrcu_map!r}>"
 
 
 class ArrayOfMaps(_OuterMap):

@@ -56,6 +56,8 @@ class Runtime:
         self._controller = None      # a controller.Controller while we hold the lease
         self._closed = False
         self._forked_from: int | None = None
+        # debug mode: inner maps reached through outer maps check their section at every use
+        self.debug = os.environ.get("SHMRCU_DEBUG", "") not in ("", "0")
         self._bind_control(segment, control)
         _runtimes.add(self)
 
