@@ -60,6 +60,9 @@ cdef class ControlBlock:
     cdef bytes lock_path         # the segment's file: reclaimers open their own description
     cdef char* lock_path_c
     cdef readonly int owner_pid
+    cdef readonly int waiters    # threads of this process inside wait() (GIL-protected)
+    cdef bint closing            # Runtime.close() in progress: waits give up
+    cdef bint detached           # closed: hdr is NULL, uses raise ReaderClosed
     cdef object __weakref__
     cdef int usable(self) except -1
     cdef int check_token(self, uint64_t token) except -1

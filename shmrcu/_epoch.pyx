@@ -281,8 +281,29 @@ cdef class ControlBlock:
         self.check_fd = -1
         self.mapping = None
 
+    def begin_close(self, double timeout=5.0):
+        """Runtime.close(): make waits of other threads give up (ReaderClosed, within one
+        signal slice), and wait for them to leave before the segment is unmapped."""
+        self.closing = True
+        deadline = time.monotonic() + timeout
+        while self.waiters and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if self.waiters:
+            self.closing = False
+            raise ShmrcuError(f"{self.waiters} thread(s) still wait for a grace period of this "
+                              "runtime: cannot close it under them", errno=_errno.EBUSY)
+
+    def detach(self):
+        """After the segment is unmapped: every later use raises ReaderClosed."""
+        self.hdr = NULL
+        self.slots = NULL
+        self.detached = True
+        self.mapping = None
+
     cdef int usable(self) except -1:
         if self.hdr == NULL:
+            if self.detached:
+                raise ReaderClosed("runtime is closed")
             raise InheritedAcrossFork(f"this runtime handle was inherited across fork() from pid "
                                       f"{self.owner_pid}: use the Runtime again (it re-attaches) or "
                                       "Runtime.attach() in this process")
@@ -733,6 +754,7 @@ cdef class ControlBlock:
             offline_for_wait = self.thread_qsbr_readers()
             for r in offline_for_wait:
                 r.offline()          # our quiescent state: we hold nothing while we wait
+        self.waiters += 1            # close() waits for us before it unmaps
         try:
             if _skip_wait:
                 return 0
@@ -748,9 +770,12 @@ cdef class ControlBlock:
                 if deadline and shm_monotonic_ns() >= deadline:
                     break
                 PyErr_CheckSignals()         # Ctrl-C: KeyboardInterrupt within one slice
+                if self.closing:
+                    raise ReaderClosed("runtime closed by another thread during a grace-period wait")
             self._raise_timeout(token, t0)
             return 0
         finally:
+            self.waiters -= 1
             if offline_for_wait:
                 for r in offline_for_wait:
                     if not r.closed:
@@ -1034,6 +1059,10 @@ cdef class Reader:
     @property
     def inherited_across_fork(self):
         return self.inherited
+
+    def owned_by_caller(self):
+        """True when the calling thread is the one that made this reader."""
+        return pthread_self() == self.owner_thread
 
     def close(self):
         """Release the slot (offline first).  Idempotent; in a forked child's copy, a no-op."""

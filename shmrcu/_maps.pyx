@@ -56,6 +56,7 @@ from shmrcu._layout cimport (control_header, worker_slot, SHMRCU_SECTIONS_MEMBAR
 from shmrcu._maplayout cimport *
 from shmrcu._segment cimport Mapping
 from shmrcu._epoch cimport ControlBlock, Reader, updater_membarrier
+from shmrcu._epoch import thread_online as _thread_online
 
 from .errors import (IndexOutOfRange, KeyExists, KeyNotFound, MapClosed, MapFull,
                      ReadOnlyMap, ReaderClosed, ShmrcuError, UnsupportedOperation)
@@ -1084,9 +1085,13 @@ cdef class MapCore:
         cdef uint64_t small
         cdef int64_t e
         reader.check_usable()
-        if self.fast and shm_load_relaxed(&self.view.hdr.state) != <uint64_t>SHMRCU_MAP_FREED:
-            pack_int(key, self.key_signed, self.view.key_size, &small)
+        if self.fast:
+            pack_int(key, self.key_signed, self.view.key_size, &small)   # may run Python code
             reader.enter()
+            # inside the section: a free seen now cannot be unmapped under us (local grace)
+            if self.closed or shm_load_relaxed(&self.view.hdr.state) == <uint64_t>SHMRCU_MAP_FREED:
+                reader.exit()
+                self.check(False)                  # MapClosed, with the reason
             e = mv_find(&self.view, &small)
             if e >= 0:
                 v = unpack_int(value_at(&self.view, <uint64_t>e, 0), self.value_signed, self.view.value_size)
@@ -1165,9 +1170,9 @@ cdef class MapCore:
         return rc
 
     def may_synchronize(self):
-        """True when this process holds no reader online (a synchronize would wait for itself)."""
-        readers = getattr(self.runtime, "_readers", ())
-        return not any(r.is_online for r in readers if not r.closed)
+        """True when the calling thread holds no reader online or in a section: a
+        synchronize would wait for itself, or (QSBR) end a batch that still holds this map."""
+        return not _thread_online()
 
     def __delitem__(self, key):
         cdef uint64_t small

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FREE_POLL_S = 0.002          # the deferred-free thread polls pending grace periods this often
 BARRIER_POLL_S = 0.001
+RECLAIM_POLL_S = 0.05         # while frees wait, look for dead readers this often
 
 
 class Controller:
@@ -133,6 +134,7 @@ class Controller:
 
     def _free_loop(self) -> None:
         """Free retired maps as their grace periods elapse (like call_rcu's callback thread)."""
+        next_reclaim = 0.0
         while not self._stop.is_set():
             with self._lock:
                 pending = list(self._pending.items())
@@ -140,11 +142,24 @@ class Controller:
                 self._wake.wait(0.1)
                 self._wake.clear()
                 continue
+            waiting = False
             for map_id, (token, _) in pending:
                 try:
                     if self.rt.poll_grace_period(token):
                         self._free(map_id)
+                    else:
+                        waiting = True
                 except Exception:      # runtime closed under us: stop quietly
+                    if self.rt.closed:
+                        return
+                    raise
+            if waiting and time.monotonic() >= next_reclaim:
+                # polls never wait, so they never meet a dead reader: a reader killed in
+                # a section would hold every free until someone synchronizes
+                next_reclaim = time.monotonic() + RECLAIM_POLL_S
+                try:
+                    self.rt._control.reclaim_dead()
+                except Exception:
                     if self.rt.closed:
                         return
                     raise

@@ -388,8 +388,11 @@ def _directory(rt, create: bool = False) -> _DirHandle:
     except BaseException:
         segment.close()
         raise
-    rt._map_cache[_DIR_KEY] = d
-    return d
+    with rt._handles_lock:
+        kept = rt._map_cache.setdefault(_DIR_KEY, d)
+    if kept is not d:                 # another thread mapped it first: use that one
+        segment.close()
+    return kept
 
 
 def outer_insert_lock(rt):
@@ -547,9 +550,15 @@ def _bind(rt, mapping, map_id: int, info: dict, into: Map | None = None) -> Map:
                              f"match the recorded sizes {info['key_size']}/{info['value_size']}")
     handle = CLASSES[info["kind"]]() if into is None else into
     handle._attach(rt, rt._control, mapping, map_id, kf, vf, info)
-    if not rt._map_cache.get(map_id) or rt._map_cache[map_id].closed:
-        rt._map_cache[map_id] = handle
     rt._add_handle(handle)
+    if handle.state_code == _maps.STATE_FREED:
+        # freed between our directory lookup and the registration above: a housekeeping
+        # pass in between may already have acknowledged the free without seeing us
+        handle._close_mapping()
+        raise MapClosed(f"map {map_id} of runtime {rt.name!r} was freed")
+    with rt._handles_lock:
+        if not rt._map_cache.get(map_id) or rt._map_cache[map_id].closed:
+            rt._map_cache[map_id] = handle
     return handle
 
 
@@ -666,9 +675,7 @@ def drop_freed(rt) -> int:
         if not m.closed and m.state_code == _maps.STATE_FREED:
             m._close_mapping()
             dropped += 1
-    for map_id, m in list(rt._map_cache.items()):
-        if isinstance(map_id, int) and m.closed:
-            del rt._map_cache[map_id]
+    _prune_cache(rt)
     return dropped
 
 
@@ -681,12 +688,18 @@ def close_handles(rt, handles) -> int:
     """Unmap ``handles`` (after the local grace period that makes it safe)."""
     for m in handles:
         m._close_mapping()
-    for map_id, m in list(rt._map_cache.items()):
-        if isinstance(map_id, int) and m.closed:
-            del rt._map_cache[map_id]
+    _prune_cache(rt)
     return len(handles)
+
+
+def _prune_cache(rt) -> None:
+    """Forget closed handles (under the lock: other threads add to the cache)."""
+    with rt._handles_lock:
+        for map_id in [k for k, m in rt._map_cache.items() if isinstance(k, int) and m.closed]:
+            del rt._map_cache[map_id]
 
 
 def mapped_ids(rt) -> list[int]:
     """Ids of the maps this process has mapped right now."""
-    return sorted(i for i, m in rt._map_cache.items() if isinstance(i, int) and not m.closed)
+    with rt._handles_lock:
+        return sorted(i for i, m in rt._map_cache.items() if isinstance(i, int) and not m.closed)

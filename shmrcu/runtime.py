@@ -74,9 +74,9 @@ class Runtime:
         self._handles: weakref.WeakSet = weakref.WeakSet()   # every bound map handle
         self._handles_lock = threading.Lock()  # a WeakSet must not grow while another thread lists it
         self._freed_seen = control.freed_generation   # freed maps up to here are unmapped
-        self._freed_noticed = self._freed_seen       # ... and up to here are waiting to be
+        # freed maps seen but not yet unmapped: (token, handles, generation), oldest first
         self._unmap_pending: list = []
-        self._unmap_token = 0
+        self._freed_noticed = self._freed_seen
         # The housekeeper thread and a caller's thread may both notice a free;
         # only the slow path (a map was freed) takes it, never a read path.
         self._housekeeping_lock = threading.Lock()
@@ -162,7 +162,7 @@ class Runtime:
             raise RuntimeExists(f"runtime {name!r} already exists ({seg.SHM_DIR}{name_ctl}); "
                                 f"attach to it, or remove it with `shmrcu cleanup {name}`") from None
         try:
-            control = ControlBlock(segment.mapping, segment.fd, segment.path)
+            control = ControlBlock(segment.mapping, segment.fd, f"/proc/self/fd/{segment.fd}")
             control.initialize(name, max_workers, sections_mode, mode)
         except BaseException:
             segment.close()
@@ -193,7 +193,7 @@ class Runtime:
         try:
             if segment.mapping is None:
                 raise CorruptSegment(f"control segment of runtime {name!r} is truncated: 0 bytes")
-            control = ControlBlock(segment.mapping, segment.fd, segment.path)
+            control = ControlBlock(segment.mapping, segment.fd, f"/proc/self/fd/{segment.fd}")
             control.validate(name)
         except BaseException:
             segment.close()
@@ -252,6 +252,15 @@ class Runtime:
             self._closed = True
             self._needs_attach = False
             return
+        busy = [r for r in list(self._readers)
+                if not r.closed and r.is_online and not r.owned_by_caller()]
+        if busy:
+            raise ShmrcuError(
+                f"cannot close runtime {self.name!r}: reader slot(s) "
+                f"{sorted(r.slot_index for r in busy)} of other threads are online or inside a "
+                "section (closing would end their sections and unmap what they read); take them "
+                "offline first", errno=errno.EBUSY)
+        self.__control.begin_close()       # other threads' waits give up, then we go on
         self.release_control()
         self._housekeeper_stop.set()
         if self._housekeeper_thread is not threading.current_thread():
@@ -261,13 +270,16 @@ class Runtime:
                 r.close()
             for m in self._handle_list():
                 m._close_mapping()
-            for m in list(self._map_cache.values()):
+            with self._handles_lock:
+                cached = list(self._map_cache.values())
+            for m in cached:
                 close = getattr(m, "_close_mapping", None)
                 if close is not None:
                     close()
             self._map_cache.clear()
             self._closed = True
             self._segment.close()
+            self.__control.detach()            # late uses raise ReaderClosed, never fault
 
     def destroy(self) -> list[str]:
         """Unlink every segment of this runtime (the controller's job); returns their names."""
@@ -379,19 +391,29 @@ class Runtime:
             gen = self._control.freed_generation    # re-read: another thread may have done it
             if gen != self._freed_noticed:
                 # the generation first, then the handles' states: every map freed up to
-                # `gen` shows FREED now; the token starts after we looked
-                self._unmap_pending = maps.freed_handles(self)
-                self._unmap_token = self._control.start_grace_period()
+                # `gen` shows FREED now; the token starts after we looked.  Each batch
+                # keeps its own token (a FIFO), so new frees never postpone older unmaps.
+                queued = {id(m) for _, hs, _ in self._unmap_pending for m in hs}
+                fresh = [m for m in maps.freed_handles(self) if id(m) not in queued]
+                self._unmap_pending.append((self._control.start_grace_period(), fresh, gen))
                 self._freed_noticed = gen
-            if gen == self._freed_seen:
-                return
-            if self._unmap_pending and not self._control.local_readers_past(self._unmap_token):
+            # tokens grow along the FIFO: the newest batch whose token has passed
+            # locally covers every older one
+            done = 0
+            for i in range(len(self._unmap_pending) - 1, -1, -1):
+                token, handles, _ = self._unmap_pending[i]
+                if not any(not m.closed for _, hs, _ in self._unmap_pending[:i + 1] for m in hs) \
+                        or self._control.local_readers_past(token):
+                    done = i + 1
+                    break
+            if not done:
                 return                               # a section here may still use one
-            maps.close_handles(self, self._unmap_pending)
-            self._unmap_pending = []
-            self._freed_seen = self._freed_noticed
+            for _, handles, seen in self._unmap_pending[:done]:
+                maps.close_handles(self, handles)
+            del self._unmap_pending[:done]
+            self._freed_seen = seen
             for r in list(self._readers):
-                r.mark_freed_seen(self._freed_seen)
+                r.mark_freed_seen(seen)
 
     def _housekeeper(self, stop: threading.Event) -> None:
         """Background: drop freed maps in processes that never call housekeeping

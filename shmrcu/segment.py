@@ -124,8 +124,30 @@ def _after_fork_in_child() -> None:
         except OSError:
             pass
     _owned_fds.clear()
+    _close_stray_fds()
     for hook in _child_hooks:
         hook()
+
+
+def _close_stray_fds() -> None:
+    """Close every inherited descriptor of a shmrcu segment the registries missed: one
+    another thread had opened but not yet registered (or unregistered but not yet
+    closed) when fork() struck, or a reclaimer's short-lived one.  All are the parent's."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in fds:
+        try:
+            fd = int(name)
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except (ValueError, OSError):
+            continue
+        if target.startswith(SHM_DIR + "/" + PREFIX):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -122,3 +122,12 @@ def delete_sync_reinsert(name: str, map_name: str, seconds: float, ready, out) -
         rt.synchronize()
     out.put((n, bad, seen[:5]))
     rt.close()
+
+
+def die_in_section(name: str) -> None:
+    """Enter a section and die there by SIGKILL (no cleanup of any kind)."""
+    import signal
+    rt = shmrcu.Runtime.attach(name)
+    r = rt.reader()
+    with r.section():
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import traceback
 import time
 
 import pytest
@@ -779,7 +780,7 @@ def test_background_threads_survive_maps_created_while_they_free(runtime):
 
     def hook(args):
         hit.append(f"{args.thread.name if args.thread else '?'}: {args.exc_type.__name__}: "
-                   f"{args.exc_value}")
+                   f"{args.exc_value}\n" + "".join(traceback.format_tb(args.exc_traceback)))
 
     threading.excepthook = hook
     old_interval = sys.getswitchinterval()
