@@ -184,6 +184,29 @@ cdef map_view* resolve_view(uint64_t map_id, object resolve, list keep, list err
         return &(<MapCore>m).view
 
 
+cdef struct inner_track:
+    uint64_t cur_id          # the inner map id mapped in cur_v
+    map_view* cur_v
+    uint64_t switches        # times the outer slot named a new map
+    uint64_t resolve_errors
+
+
+cdef inline uint64_t track_inner(map_view* ov, uint32_t* key0, inner_track* t, object resolve,
+                                 list keep, list errors) noexcept nogil:
+    """The inner id in the outer slot now, mapped in ``t.cur_v``; 0 if empty or unresolvable."""
+    cdef uint64_t map_id = mv_lookup_id(ov, key0)
+    cdef map_view* v
+    if map_id != 0 and map_id != t.cur_id:
+        v = resolve_view(map_id, resolve, keep, errors)
+        if v == NULL:
+            t.resolve_errors += 1
+            return 0
+        t.cur_id = map_id
+        t.cur_v = v
+        t.switches += 1
+    return map_id
+
+
 def matrix_read_loop(Reader reader, Mapping main, Mapping polled, MapCore outer, uint64_t reads,
                      bint qsbr, bint stop_on_bad, object resolve, object housekeep):
     """Run ``reads`` checked reads of the three protected objects; return a dict of counts.
@@ -206,12 +229,10 @@ def matrix_read_loop(Reader reader, Mapping main, Mapping polled, MapCore outer,
     cdef control_header* hdr = reader.hdr
     cdef map_view* ov = &outer.view
     cdef uint32_t key0 = 0
-    cdef uint64_t n = 0, bad_main = 0, bad_poll = 0, bad_map = 0, empty = 0, switches = 0
-    cdef uint64_t housekeeps = 0, stale_acks = 0, resolve_errors = 0, gen_seen, map_id, held_id
-    cdef uint64_t cur_id = 0
-    cdef map_view* cur_v = NULL
+    cdef uint64_t n = 0, bad_main = 0, bad_poll = 0, bad_map = 0, empty = 0
+    cdef uint64_t housekeeps = 0, stale_acks = 0, gen_seen, map_id, held_id
+    cdef inner_track t
     cdef map_view* held_v = NULL
-    cdef map_view* v
     cdef torture_elem* e
     cdef torture_elem* e2
     cdef torture_elem* h1
@@ -219,6 +240,10 @@ def matrix_read_loop(Reader reader, Mapping main, Mapping polled, MapCore outer,
     cdef int k
     cdef list keep = []
     cdef list errors = []
+    t.cur_id = 0
+    t.cur_v = NULL
+    t.switches = 0
+    t.resolve_errors = 0
     # What this reader's slot last acknowledged (not the current generation: maps
     # freed between the claim of the slot and now must be dropped too, or a
     # barrier() waits for this reader until the next free).  relaxed: our own slot
@@ -231,34 +256,18 @@ def matrix_read_loop(Reader reader, Mapping main, Mapping polled, MapCore outer,
                 # references taken here live across the whole batch
                 h1 = load_current(a)
                 h2 = load_current(b)
-                held_id = mv_lookup_id(ov, &key0)
-                if held_id != 0 and held_id != cur_id:
-                    v = resolve_view(held_id, resolve, keep, errors)
-                    if v == NULL:
-                        resolve_errors += 1
-                        held_id = 0
-                    else:
-                        cur_id, cur_v = held_id, v
-                        switches += 1
-                held_v = cur_v
+                held_id = track_inner(ov, &key0, &t, resolve, keep, errors)
+                held_v = t.cur_v
                 for k in range(QSBR_BATCH):
                     e = load_current(a)
                     e2 = load_current(b)
                     bad_main += elem_bad(e) + elem_bad(h1)
                     bad_poll += elem_bad(e2) + elem_bad(h2)
-                    map_id = mv_lookup_id(ov, &key0)
-                    if map_id != 0 and map_id != cur_id:
-                        v = resolve_view(map_id, resolve, keep, errors)
-                        if v == NULL:
-                            resolve_errors += 1
-                            map_id = 0
-                        else:
-                            cur_id, cur_v = map_id, v
-                            switches += 1
+                    map_id = track_inner(ov, &key0, &t, resolve, keep, errors)
                     if map_id == 0:
                         empty += 1
                     else:
-                        bad_map += inner_bad(cur_v, cur_id, n)
+                        bad_map += inner_bad(t.cur_v, t.cur_id, n)
                     if held_id != 0:
                         bad_map += inner_bad(held_v, held_id, n + 1)
                     n += 1
@@ -267,22 +276,14 @@ def matrix_read_loop(Reader reader, Mapping main, Mapping polled, MapCore outer,
                 reader.enter()
                 e = load_current(a)
                 e2 = load_current(b)
-                map_id = mv_lookup_id(ov, &key0)
-                if map_id != 0 and map_id != cur_id:
-                    v = resolve_view(map_id, resolve, keep, errors)
-                    if v == NULL:
-                        resolve_errors += 1
-                        map_id = 0
-                    else:
-                        cur_id, cur_v = map_id, v
-                        switches += 1
+                map_id = track_inner(ov, &key0, &t, resolve, keep, errors)
                 for k in range(HOLD_CHECKS):
                     bad_main += elem_bad(e)
                     bad_poll += elem_bad(e2)
                 if map_id == 0:
                     empty += 1
                 else:
-                    bad_map += inner_bad(cur_v, cur_id, n)
+                    bad_map += inner_bad(t.cur_v, t.cur_id, n)
                 reader.exit()
                 n += 1
             if bad_main and stop_on_bad:
@@ -304,8 +305,8 @@ def matrix_read_loop(Reader reader, Mapping main, Mapping polled, MapCore outer,
     if qsbr:
         reader.offline()
     return {"reads": n, "bad_main": bad_main, "bad_poll": bad_poll, "bad_map": bad_map,
-            "empty": empty, "switches": switches, "housekeeps": housekeeps, "stale_acks": stale_acks,
-            "resolve_errors": resolve_errors, "errors": errors}
+            "empty": empty, "switches": t.switches, "housekeeps": housekeeps, "stale_acks": stale_acks,
+            "resolve_errors": t.resolve_errors, "errors": errors}
 
 
 def fill_inner(MapCore m, uint64_t stamp):
