@@ -9,11 +9,13 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
+# the folders that hold C headers (`cdef extern from "_layout.h"` finds them by name)
+INCLUDE_DIRS = sorted({str(h.parent) for h in Path("shmrcu").rglob("*.h")})
 extensions = [
     Extension(
         str(p.with_suffix("")).replace("/", "."),
         [str(p)],
-        include_dirs=["shmrcu"],
+        include_dirs=INCLUDE_DIRS,
         extra_compile_args=["-O3", "-std=gnu11", "-Wno-unused-function"],
         define_macros=[("_GNU_SOURCE", "1")],
     )

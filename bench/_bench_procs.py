@@ -1,6 +1,6 @@
 """Processes the benchmarks spawn (importable by the 'spawn' start method)."""
 import shmrcu
-from shmrcu import _bench
+from shmrcu.testing import _bench
 
 
 def busy_reader(name, stop, ready, qsbr, batch):
@@ -18,7 +18,7 @@ def percentiles(xs):
 def kernel_grace_periods(n=200):
     """n timings (ns) of the kernel's own grace period: membarrier(MEMBARRIER_CMD_GLOBAL)."""
     import time
-    from shmrcu import _epoch
+    from shmrcu.core import _epoch
     out = []
     for _ in range(n):
         t0 = time.perf_counter_ns()

@@ -12,7 +12,7 @@ import statistics
 import pytest
 
 import shmrcu
-from shmrcu import _bench
+from shmrcu.testing import _bench
 
 from _bench_procs import latency_vs_kernel, start_busy_reader
 

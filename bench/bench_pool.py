@@ -15,13 +15,13 @@ import time
 import pytest
 
 import shmrcu
-from shmrcu import demo
+from shmrcu.cli import demo
 from shmrcu.pool import WorkerPool
 from shmrcu.sources import Traffic
 
 WINDOW_S = 0.5
 PROGRAMS = {"cython": "traffic_accounting",
-            "python": "shmrcu.programs.python_examples:traffic_accounting"}
+            "python": "shmrcu.pool.programs.python_examples:traffic_accounting"}
 
 
 def _setup(rt, kind):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from shmrcu import segment as seg
+from shmrcu.core import segment as seg
 
 sys.path.insert(0, os.path.dirname(__file__))
 _counter = itertools.count()

@@ -28,7 +28,7 @@ for p in (os.path.join(ROOT, "tests"), ROOT):
         sys.path.insert(0, p)
 
 import shmrcu  # noqa: E402
-from shmrcu import segment as seg  # noqa: E402
+from shmrcu.core import segment as seg  # noqa: E402
 
 import _torture_procs as tp  # noqa: E402
 

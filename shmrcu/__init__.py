@@ -4,8 +4,8 @@ Worker processes read map-of-maps tables in POSIX shared memory through an
 epoch-based RCU core; a controller swaps inner maps atomically and waits for
 grace periods.  Start with ``Runtime.create`` / ``Runtime.attach``.
 """
-from ._epoch import Reader
-from ._maps import ANY, EXIST, NOEXIST
+from .core._epoch import Reader
+from .maps._maps import ANY, EXIST, NOEXIST
 from .errors import (ControllerBusy, CorruptSegment, GracePeriodTimeout, IndexOutOfRange, InheritedAcrossFork,
                      InvalidMapSpec, KeyExists, KeyNotFound, MapClosed, MapExists, MapFull, MapInUse,
                      MapNotFound, NoFreeSlot, NotController, OutOfSharedMemory, OutsideSection, ReaderClosed, ReadOnlyMap,

@@ -23,7 +23,7 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
-from . import segment as seg
+from .core import segment as seg
 from .errors import GracePeriodTimeout, MapClosed, MapInUse, StalledSlot
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -12,8 +12,8 @@ import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from . import segment as seg
-from ._epoch import SECTIONS_FENCE, SECTIONS_MEMBARRIER, ControlBlock, Reader, membarrier_register
+from .core import segment as seg
+from .core._epoch import SECTIONS_FENCE, SECTIONS_MEMBARRIER, ControlBlock, Reader, membarrier_register
 from .errors import (ControllerBusy, CorruptSegment, NotController, OutOfSharedMemory, ReaderClosed, RuntimeExists,
                      RuntimeNotFound, ShmrcuError)
 

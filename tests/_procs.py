@@ -5,8 +5,8 @@ import os
 import time
 
 import shmrcu
-from shmrcu import segment as seg
-from shmrcu import _torture
+from shmrcu.core import segment as seg
+from shmrcu.testing import _torture
 
 
 def torture_reader(name: str, qsbr: bool, reads: int, results) -> None:

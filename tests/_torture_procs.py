@@ -38,8 +38,9 @@ import time
 import traceback
 
 import shmrcu
-from shmrcu import _epoch, _torture
-from shmrcu import segment as seg
+from shmrcu.core import _epoch
+from shmrcu.testing import _torture
+from shmrcu.core import segment as seg
 
 MODELS = ("procs", "threads", "fork")
 STYLES = ("sections", "qsbr")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from shmrcu import segment as seg
+from shmrcu.core import segment as seg
 
 _counter = itertools.count()
 TEST_PREFIX = f"pt{os.getpid()}-"

@@ -20,23 +20,15 @@ from pathlib import Path
 import pytest
 
 import shmrcu
-from shmrcu import cli_ops, ops
-from shmrcu import segment as seg
+from shmrcu.cli import commands as cli_ops, ops
+from shmrcu.core import segment as seg
 
 import _ops_procs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cli_module() -> str:
-    """``shmrcu.cli`` once the lead wired our commands into it, else ``shmrcu.cli_ops``."""
-    cli = ROOT / "shmrcu" / "cli.py"
-    if cli.exists() and "cli_ops" in cli.read_text():
-        return "shmrcu.cli"
-    return "shmrcu.cli_ops"
-
-
-CLI = _cli_module()
+CLI = "shmrcu.cli"   # python -m shmrcu.cli: the shmrcu command, operations commands included
 
 
 def shmrcu_cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ import time
 import pytest
 
 import shmrcu
-from shmrcu import segment as seg
+from shmrcu.core import segment as seg
 
 import _procs
 import _wait_procs

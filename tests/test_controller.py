@@ -8,7 +8,7 @@ import time
 import pytest
 
 import shmrcu
-from shmrcu import segment as seg
+from shmrcu.core import segment as seg
 
 import _ctl_procs
 from _threads import ReaderThread

@@ -11,8 +11,8 @@ import time
 import pytest
 
 import shmrcu
-from shmrcu import cli
-from shmrcu import segment as seg
+from shmrcu.cli import main as cli
+from shmrcu.core import segment as seg
 
 # the subprocess imports the same shmrcu this test process imported (built in place or installed)
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(shmrcu.__file__)))

@@ -28,7 +28,7 @@ import traceback
 import pytest
 
 import shmrcu
-from shmrcu import segment as seg
+from shmrcu.core import segment as seg
 
 import _fork_procs
 

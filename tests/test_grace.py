@@ -9,8 +9,9 @@ import time
 import pytest
 
 import shmrcu
-from shmrcu import _epoch, _torture
-from shmrcu import segment as seg
+from shmrcu.core import _epoch
+from shmrcu.testing import _torture
+from shmrcu.core import segment as seg
 
 import _procs
 from _threads import ReaderThread

@@ -8,7 +8,7 @@ import pytest
 
 import shmrcu
 from shmrcu import maps
-from shmrcu import segment as seg
+from shmrcu.core import segment as seg
 from shmrcu.errors import (CorruptSegment, IndexOutOfRange, InvalidMapSpec, KeyExists, KeyNotFound,
                            MapClosed, MapExists, MapFull, MapNotFound, RuntimeNotFound, ShmrcuError,
                            UnsupportedOperation)

@@ -8,9 +8,9 @@ import time
 import psutil
 import pytest
 
-from shmrcu import programs
+from shmrcu.pool import programs
 from shmrcu.pool import WorkerPool
-from shmrcu.programs import ProgramNotFound
+from shmrcu.pool.programs import ProgramNotFound
 from shmrcu.sources import Callable, Traffic, TrafficGenerator, as_batch
 
 import _pool_procs  # noqa: F401  (the programs below live there; children import it by name)

@@ -448,7 +448,7 @@ def test_checker_catches_a_broken_grace_period(runtime, tmp_path):
     """The checker is live: with the controller's synchronize() broken (returns without
     waiting, the torture test's switch) the same server must be caught seeing poison or
     the freed mark inside its sections."""
-    from shmrcu import _epoch
+    from shmrcu.core import _epoch
     swapper = make_tables(runtime)
     with Gunicorn(runtime, tmp_path) as server:
         clients = Clients(server.port, swapper)

@@ -8,8 +8,8 @@ import posix_ipc
 import pytest
 
 import shmrcu
-from shmrcu import segment as seg
-from shmrcu._epoch import LAYOUT
+from shmrcu.core import segment as seg
+from shmrcu.core._epoch import LAYOUT
 
 import _procs
 

@@ -511,7 +511,7 @@ def test_poll_of_a_token_never_started_is_refused_and_breaks_nothing(runtime):
 
 @pytest.mark.timeout(90)
 def test_updater_membarrier_failure_never_shortens_a_grace_period(rt_name, procs):
-    from shmrcu import _epoch
+    from shmrcu.core import _epoch
     set_failure = getattr(_epoch, "_set_membarrier_failure", None)
     if set_failure is None:
         pytest.skip("shmrcu._epoch._set_membarrier_failure (the test-only switch of issue 9 "

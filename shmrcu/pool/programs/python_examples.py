@@ -2,7 +2,7 @@
 
 ``traffic_accounting`` here does what the Cython kernel does, one ``add`` per
 event; the benchmark compares the two.  Use it as
-``WorkerPool(rt, program="shmrcu.programs.python_examples:traffic_accounting")``.
+``WorkerPool(rt, program="shmrcu.pool.programs.python_examples:traffic_accounting")``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 # cython: language_level=3
 """nogil loops that time the RCU reader primitives (bench/ and `shmrcu bench`)."""
 from libc.stdint cimport uint64_t
-from shmrcu._layout cimport shm_monotonic_ns, shm_load_relaxed, control_header, worker_slot
-from shmrcu._epoch cimport Reader, rcu_online, rcu_offline, rcu_quiescent
+from shmrcu.core._layout cimport shm_monotonic_ns, shm_load_relaxed, control_header, worker_slot
+from shmrcu.core._epoch cimport Reader, rcu_online, rcu_offline, rcu_quiescent
 
 
 def quiescent_loop(Reader reader, uint64_t n):

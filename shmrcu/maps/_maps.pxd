@@ -13,8 +13,8 @@
 # they use pointers returned by mv_value: that is what keeps a deleted slot
 # from being reused under them.
 from libc.stdint cimport uint32_t, uint64_t, int64_t
-from shmrcu._layout cimport control_header
-from shmrcu._maplayout cimport map_header
+from shmrcu.core._layout cimport control_header
+from shmrcu.maps._maplayout cimport map_header
 
 cdef struct map_view:
     char* base               # start of the mapping (the map_header)

@@ -26,8 +26,8 @@ import pickle
 from typing import Any
 
 BUILTIN = {
-    "traffic_accounting": "shmrcu.programs.traffic_accounting:program",
-    "route_lookup": "shmrcu.programs.route_lookup:program",
+    "traffic_accounting": "shmrcu.pool.programs.traffic_accounting:program",
+    "route_lookup": "shmrcu.pool.programs.route_lookup:program",
 }
 
 

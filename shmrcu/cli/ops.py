@@ -23,8 +23,8 @@ import struct
 import time
 from typing import Any, Iterator
 
-from . import segment as seg
-from .errors import ShmrcuError
+from ..core import segment as seg
+from ..errors import ShmrcuError
 
 SCHEMA = 1                       # bumped only when a field changes meaning or disappears
 STALL_S = 1.0                    # an online reader that has not advanced for this long is "stalled"
@@ -143,7 +143,7 @@ def _any_lock_held(filename: str) -> bool | None:
 
 def attach(name: str):
     """``Runtime.attach(name)`` with user-facing errors; the caller closes it."""
-    from .runtime import Runtime
+    from ..runtime import Runtime
     with user_errors():
         seg.validate_name(name)
     with user_errors(f"runtime {name!r}"):
@@ -187,7 +187,7 @@ def list_runtimes() -> list[dict]:
 
 def _probe_runtime(name: str) -> dict:
     """state/controller of a runtime that has a control segment."""
-    from .runtime import Runtime
+    from ..runtime import Runtime
     try:
         rt = Runtime.attach(name)
     except PermissionError as e:
@@ -228,7 +228,7 @@ def _jsonable(v: Any) -> Any:
 
 
 def _format_size(fmt: str) -> int:
-    from . import _formats
+    from ..maps import _formats
     try:
         return _formats.parse(fmt, "format").size
     except Exception:      # noqa: BLE001 -- informational only

@@ -13,7 +13,7 @@ import struct
 import sys
 from dataclasses import dataclass
 
-from .errors import InvalidMapSpec
+from ..errors import InvalidMapSpec
 
 FORMAT_MAX = 47               # bytes of text; the header stores it NUL-terminated in 48
 INT_CODES = "bBhHiIlLqQnN"

@@ -9,12 +9,12 @@ lookups run without the GIL.  Lookups have no side effect, so the applied
 count is committed once per batch.
 """
 from libc.stdint cimport uint32_t, uint64_t, int64_t
-from shmrcu._layout cimport shm_load_relaxed, shm_store_relaxed
-from shmrcu._maps cimport MapCore, map_view, mv_find
-from shmrcu.programs._ledger cimport Ledger, pool_ledger
-from shmrcu.programs._common cimport inner_id
+from shmrcu.core._layout cimport shm_load_relaxed, shm_store_relaxed
+from shmrcu.maps._maps cimport MapCore, map_view, mv_find
+from shmrcu.pool.programs._ledger cimport Ledger, pool_ledger
+from shmrcu.pool.programs._common cimport inner_id
 
-from shmrcu.programs._resolve import check_inner, outer_map
+from shmrcu.pool.programs._resolve import check_inner, outer_map
 
 
 cdef void lookup_all(map_view* m, const uint32_t* rec, Py_ssize_t n,

@@ -17,7 +17,7 @@ import sys
 import time
 
 from . import ops
-from .cli_ops import grace_text, header_text, maps_table, workers_table
+from .render import grace_text, header_text, maps_table, workers_table
 
 ENTER = "\x1b[?1049h\x1b[?25l"     # alternate screen, hide cursor
 LEAVE = "\x1b[?25h\x1b[?1049l"     # show cursor, back to the main screen

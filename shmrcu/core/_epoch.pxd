@@ -1,7 +1,7 @@
 # C-level RCU reader API for Cython code (map kernels, built-in programs).
 # The algorithm and the reasons for each memory order are in _epoch.pyx.
 from libc.stdint cimport uint64_t
-from shmrcu._layout cimport (control_header, worker_slot, shm_load_acquire, shm_load_relaxed,
+from shmrcu.core._layout cimport (control_header, worker_slot, shm_load_acquire, shm_load_relaxed,
                              shm_store_release, shm_store_relaxed, shm_store_full_fence,
                              shm_compiler_barrier, shm_fence_seq_cst, shm_load_relaxed32,
                              shm_fetch_add_seq_cst32, shm_futex_wake_all)

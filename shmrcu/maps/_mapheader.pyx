@@ -9,13 +9,13 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from posix.unistd cimport getpid
 
-from shmrcu._layout cimport shm_load_acquire, shm_store_release
-from shmrcu._maplayout cimport *
-from shmrcu._segment cimport Mapping
+from shmrcu.core._layout cimport shm_load_acquire, shm_store_release
+from shmrcu.maps._maplayout cimport *
+from shmrcu.core._segment cimport Mapping
 
 import time
 
-from .errors import CorruptSegment
+from ..errors import CorruptSegment
 
 cdef extern from "<string.h>" nogil:
     size_t strnlen(const char* s, size_t maxlen)

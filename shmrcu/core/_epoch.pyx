@@ -102,8 +102,8 @@ from libc.stdint cimport uint32_t, int32_t, uint64_t, int64_t
 from libc.string cimport memset, strncpy
 from posix.fcntl cimport open as c_open, O_RDWR, O_CLOEXEC
 from posix.unistd cimport getpid, close as c_close
-from shmrcu._layout cimport *
-from shmrcu._segment cimport Mapping
+from shmrcu.core._layout cimport *
+from shmrcu.core._segment cimport Mapping
 
 import errno as _errno
 import os
@@ -112,7 +112,7 @@ import time
 import weakref
 
 from . import segment as _seg
-from .errors import (CorruptSegment, GracePeriodTimeout, InheritedAcrossFork, NoFreeSlot,
+from ..errors import (CorruptSegment, GracePeriodTimeout, InheritedAcrossFork, NoFreeSlot,
                      ReaderClosed, SelfDeadlock, ShmrcuError, StalledSlot)
 
 cdef extern from "<pthread.h>" nogil:

@@ -48,17 +48,17 @@ from libc.errno cimport ENOENT, EEXIST, E2BIG, EINVAL, EPERM, EAGAIN, EINTR, EBU
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp, memset
 
-from shmrcu._layout cimport (control_header, worker_slot, SHMRCU_SECTIONS_MEMBARRIER,
+from shmrcu.core._layout cimport (control_header, worker_slot, SHMRCU_SECTIONS_MEMBARRIER,
                              SHM_MEMBARRIER_CMD_GLOBAL_EXPEDITED, shm_membarrier, shm_load_acquire, shm_load_relaxed, shm_load_seq_cst,
                              shm_store_release, shm_store_relaxed, shm_store_seq_cst, shm_xchg_seq_cst,
                              shm_fetch_add_relaxed, shm_cas_acq_rel, shm_cas_seq_cst, shm_cpu_relax,
                              shm_fence_seq_cst, shm_monotonic_ns)
-from shmrcu._maplayout cimport *
-from shmrcu._segment cimport Mapping
-from shmrcu._epoch cimport ControlBlock, Reader, updater_membarrier
-from shmrcu._epoch import thread_online as _thread_online
+from shmrcu.maps._maplayout cimport *
+from shmrcu.core._segment cimport Mapping
+from shmrcu.core._epoch cimport ControlBlock, Reader, updater_membarrier
+from shmrcu.core._epoch import thread_online as _thread_online
 
-from .errors import (IndexOutOfRange, KeyExists, KeyNotFound, MapClosed, MapFull,
+from ..errors import (IndexOutOfRange, KeyExists, KeyNotFound, MapClosed, MapFull,
                      ReadOnlyMap, ReaderClosed, ShmrcuError, UnsupportedOperation)
 
 cdef extern from "<sched.h>" nogil:

@@ -23,9 +23,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
-from .pool import WorkerPool
-from .runtime import Runtime
-from .sources import Traffic
+from ..pool import WorkerPool
+from ..runtime import Runtime
+from ..pool.sources import Traffic
 
 
 @dataclass

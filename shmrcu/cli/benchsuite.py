@@ -197,7 +197,7 @@ def _acct_shm_lock(shm_name: str, lock, wid: int, seconds: float, start, results
     """Child: per event, under the Lock, read-modify-write (packets, bytes) of its uid."""
     from multiprocessing import shared_memory
 
-    from ._traffic import UID_BASE, TrafficGenerator
+    from ..pool._traffic import UID_BASE, TrafficGenerator
     _untracked()
     shm = shared_memory.SharedMemory(shm_name)
     buf = shm.buf
@@ -223,7 +223,7 @@ def _acct_shm_lock(shm_name: str, lock, wid: int, seconds: float, start, results
 
 def _acct_manager(d, lock, wid: int, seconds: float, start, results) -> None:
     """Child: the same accounting on a Manager dict under a Manager lock."""
-    from ._traffic import TrafficGenerator
+    from ..pool._traffic import TrafficGenerator
     gen = TrafficGenerator(wid + 1, ACCT_KEYS, "uniform", 1.1, 16, None)
     start.wait()
     n = 0
@@ -300,7 +300,7 @@ def bench_accounting(p: _Params, log, workers: int = 2) -> list[dict]:
 def _acct_ultradict(name: str, wid: int, seconds: float, start, results) -> None:
     from UltraDict import UltraDict
 
-    from ._traffic import TrafficGenerator
+    from ..pool._traffic import TrafficGenerator
     _untracked()
     d = UltraDict(name=name, shared_lock=True)
     gen = TrafficGenerator(wid + 1, ACCT_KEYS, "uniform", 1.1, 16, None)
@@ -342,8 +342,8 @@ def _ultradict_accounting(ctx, p: _Params, workers: int) -> dict:
 def _pool_row(p: _Params, workers: int) -> dict:
     label = f"shmrcu WorkerPool, {workers} workers, Cython traffic_accounting"
     try:
-        from .pool import WorkerPool
-        from .sources import Traffic
+        from ..pool import WorkerPool
+        from ..pool.sources import Traffic
     except ImportError as e:
         return _skip("acct_shmrcu_pool", label, f"WorkerPool unavailable ({e})")
     import shmrcu
@@ -375,7 +375,7 @@ def _pool_row(p: _Params, workers: int) -> dict:
 def _busy_reader(name: str, stop, ready, qsbr: bool) -> None:
     """Child: one reader kept busy (QSBR batches or short sections) until stop[0] != 0."""
     import shmrcu
-    from . import _bench
+    from ..testing import _bench
     with shmrcu.Runtime.attach(name) as rt, rt.reader() as r:
         ready.set()
         _bench.busy_reader(r, memoryview(stop).cast("B"), qsbr, 200)
@@ -410,7 +410,7 @@ def _sync_latencies(ctx, rounds: int, qsbr: bool) -> list[int]:
 
 
 def bench_grace(p: _Params, log) -> list[dict]:
-    from . import _epoch
+    from ..core import _epoch
     rows: list[dict] = []
     ctx = mp.get_context("spawn")
     clock = time.perf_counter_ns
@@ -594,10 +594,28 @@ def main_args(args) -> int:
     return 0
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``shmrcu bench`` (and of ``python -m shmrcu.cli.benchsuite``)."""
+    p.add_argument("--quick", action="store_true", help="short runs (under 30 s on 2 cores)")
+    p.add_argument("--json", metavar="FILE", help="write the measurements as JSON to FILE")
+    p.add_argument("--plot", metavar="FILE.png", help="draw a bar chart (needs matplotlib)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shmrcu.benchsuite [--quick] [--json FILE] [--plot FILE.png]``."""
-    from .cli_ops import main as cli_main
-    return cli_main(["bench"] + list(sys.argv[1:] if argv is None else argv))
+    """``python -m shmrcu.cli.benchsuite [--quick] [--json FILE] [--plot FILE.png]``.
+
+    Stands alone (it does not import the CLI, which imports this module)."""
+    from .ops import OpsError
+    p = argparse.ArgumentParser(prog="python -m shmrcu.cli.benchsuite",
+                                description="shmrcu vs shared_memory+Lock, UltraDict, Manager dict; "
+                                            "synchronize vs the kernel's grace period")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return main_args(args)
+    except OpsError as e:
+        print(f"shmrcu bench: {e}", file=sys.stderr)
+        return e.code
 
 
 if __name__ == "__main__":

@@ -57,10 +57,10 @@ register("demo", "run the A/B stats-map demo (netd pattern) and check exact acco
          _demo_configure, _demo_run)
 
 
-# ---- operations: list, stat, map, top, cleanup, bench (shmrcu.cli_ops) -------
+# ---- operations: list, stat, map, top, cleanup, bench (shmrcu.cli.commands) -------
 def _register_ops() -> None:
-    from . import cli_ops
-    for name, help_, configure, run in cli_ops.commands():
+    from . import commands
+    for name, help_, configure, run in commands.commands():
         register(name, help_, configure, run)
 
 

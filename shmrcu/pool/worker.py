@@ -112,7 +112,7 @@ def main(spec: WorkerSpec, conn) -> None:
 
     from . import programs
     from .programs._ledger import Ledger
-    from .runtime import Runtime
+    from ..runtime import Runtime
     from .sources import as_batch
 
     try:

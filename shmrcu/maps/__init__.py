@@ -21,14 +21,14 @@ import threading
 import weakref
 from typing import Any
 
-from . import _epoch
+from ..core import _epoch
 from . import _formats
 from . import _mapdir
 from . import _mapheader
 from . import _maps
-from . import segment as seg
+from ..core import segment as seg
 from ._maps import ANY, EXIST, NOEXIST, MapCore
-from .errors import (CorruptSegment, InvalidMapSpec, MapClosed, MapExists, MapNotFound, OutsideSection,
+from ..errors import (CorruptSegment, InvalidMapSpec, MapClosed, MapExists, MapNotFound, OutsideSection,
                      ReaderClosed,
                      RuntimeNotFound, TemplateMismatch)
 

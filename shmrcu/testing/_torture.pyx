@@ -10,10 +10,10 @@ should have protected it: a violation.  With a synchronize that does not wait,
 violations appear at once -- the suite checks both outcomes.
 """
 from libc.stdint cimport uint64_t
-from shmrcu._layout cimport (shm_load_acquire, shm_load_relaxed, shm_store_release,
+from shmrcu.core._layout cimport (shm_load_acquire, shm_load_relaxed, shm_store_release,
                              shm_store_relaxed)
-from shmrcu._epoch cimport Reader, rcu_online, rcu_offline, rcu_quiescent
-from shmrcu._segment cimport Mapping
+from shmrcu.core._epoch cimport Reader, rcu_online, rcu_offline, rcu_quiescent
+from shmrcu.core._segment cimport Mapping
 
 DEF POOL = 16
 DEF PAYLOAD = 6
@@ -137,9 +137,9 @@ def set_stop(Mapping m):
 # Inner maps are resolved by id as a worker would: the outer slot is read
 # without the GIL; a new id is mapped (rt.map) with the GIL, inside the section.
 
-from shmrcu._layout cimport control_header, shm_load_acquire
-from shmrcu._maps cimport MapCore, map_view, mv_lookup_id, mv_value
-from shmrcu._maplayout cimport map_header, SHMRCU_MAP_FREED
+from shmrcu.core._layout cimport control_header, shm_load_acquire
+from shmrcu.maps._maps cimport MapCore, map_view, mv_lookup_id, mv_value
+from shmrcu.maps._maplayout cimport map_header, SHMRCU_MAP_FREED
 from libc.stdint cimport uint32_t
 
 DEF INNER_CHECKS = 4         # values of the inner map checked per read

@@ -11,14 +11,14 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.errno cimport errno, EINTR
 
-from shmrcu._layout cimport shm_load_acquire, shm_store_release, shm_load_relaxed
-from shmrcu._maplayout cimport *
-from shmrcu._segment cimport Mapping
+from shmrcu.core._layout cimport shm_load_acquire, shm_store_release, shm_load_relaxed
+from shmrcu.maps._maplayout cimport *
+from shmrcu.core._segment cimport Mapping
 
 import os
 import time
 
-from .errors import CorruptSegment, MapExists, MapNotFound, ShmrcuError
+from ..errors import CorruptSegment, MapExists, MapNotFound, ShmrcuError
 
 cdef extern from *:
     """

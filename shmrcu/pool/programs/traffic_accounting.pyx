@@ -18,13 +18,13 @@ on a shared map (atomic adds) at most the one event in flight at a SIGKILL is
 uncertain, and the ledger says so.
 """
 from libc.stdint cimport uint32_t, uint64_t, int64_t
-from shmrcu._layout cimport (shm_load_relaxed, shm_store_relaxed, shm_fetch_add_relaxed,
+from shmrcu.core._layout cimport (shm_load_relaxed, shm_store_relaxed, shm_fetch_add_relaxed,
                              shm_compiler_barrier)
-from shmrcu._maps cimport MapCore, map_view, mv_upsert, mv_value
-from shmrcu.programs._ledger cimport Ledger, pool_ledger
-from shmrcu.programs._common cimport inner_id
+from shmrcu.maps._maps cimport MapCore, map_view, mv_upsert, mv_value
+from shmrcu.pool.programs._ledger cimport Ledger, pool_ledger
+from shmrcu.pool.programs._common cimport inner_id
 
-from shmrcu.programs._resolve import check_inner, outer_map
+from shmrcu.pool.programs._resolve import check_inner, outer_map
 
 
 cdef void apply_per_worker(map_view* m, const uint32_t* rec, Py_ssize_t n, uint32_t copy,
