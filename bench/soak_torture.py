@@ -8,7 +8,7 @@ The cells are those of tests/test_torture_matrix.py ({fence, membarrier} x
 {sections, qsbr} x {procs, threads, fork}), each with the updater
 (synchronize), the poller (start/poll_grace_period), map churn (create / swap /
 retire / background free / poison after free) and periodic barrier() running
-during the reads (tests/_torture_procs.py).  ``--reads`` is the total over the
+during the reads (tests/helpers/_torture_procs.py).  ``--reads`` is the total over the
 selected cells, split evenly between cells and between each cell's readers.
 Prints one line per cell (reads, violations per protected object, grace periods,
 maps churned, reads/s) and exits 1 on any violation or error.
@@ -23,7 +23,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for p in (os.path.join(ROOT, "tests"), ROOT):
+for p in (os.path.join(ROOT, "tests", "helpers"), ROOT):
     if p not in sys.path:
         sys.path.insert(0, p)
 

@@ -1,11 +1,24 @@
-"""Shared fixtures: unique runtime names, and proof that no test leaks segments."""
+"""Shared fixtures: unique runtime names, and proof that no test leaks segments.
+
+The helpers that child processes import (``_procs``, ``_threads``, ...) live once, in ``tests/helpers/``:
+it goes on ``sys.path`` here (so tests in every folder, and 'spawn' children, which inherit
+``sys.path``, import them by name) and on ``PYTHONPATH`` (for ``subprocess`` children).
+"""
 from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
 import os
+import sys
 
 import pytest
+
+HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
+if HELPERS not in sys.path:
+    sys.path.insert(0, HELPERS)
+if HELPERS not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join([HELPERS] + ([os.environ["PYTHONPATH"]]
+                                                            if os.environ.get("PYTHONPATH") else []))
 
 from shmrcu.core import segment as seg
 

@@ -34,7 +34,7 @@ import _fork_procs
 
 pytestmark = pytest.mark.timeout(60)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
 
 
 # --- helpers -----------------------------------------------------------------
@@ -294,7 +294,7 @@ def test_child_interpreter_shutdown_keeps_parent_slot(runtime):
     # the script imports the same shmrcu as we do
     path = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(shmrcu.__file__)),
                                         os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_fork_procs.py"), "shutdown", runtime.name],
+    proc = subprocess.Popen([sys.executable, os.path.join(HELPERS, "_fork_procs.py"), "shutdown", runtime.name],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=path))
     try:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-HERE = os.path.dirname(__file__)
+HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
 
 
 def run_in_small_shm(module: str, size: str = "96m") -> subprocess.CompletedProcess:
@@ -20,7 +20,7 @@ def run_in_small_shm(module: str, size: str = "96m") -> subprocess.CompletedProc
     probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("cannot create a mount namespace here (needs root or user namespaces)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE] + sys.path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HELPERS] + sys.path))
     cmd = f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec {sys.executable} -m {module}"
     return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True,
                           env=env, timeout=120)

@@ -1,7 +1,7 @@
 """Acceptance for the prefork model (issue 9, item 1; DESIGN.md "Process models").
 
 A real prefork server: gunicorn ``--preload`` with 3 sync workers.  The master imports
-``tests/_prefork_app.py``, which attaches the runtime and opens the outer map; then it
+``tests/helpers/_prefork_app.py``, which attaches the runtime and opens the outer map; then it
 forks the workers, which serve lookups outer -> inner through their inherited handles,
 each worker with its own reader slot.  Meanwhile this process is the controller and
 swaps a fresh inner map in every few ms, for a few seconds, while client threads
@@ -50,7 +50,7 @@ import psutil  # noqa: E402
 
 import shmrcu  # noqa: E402
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parent / "helpers"   # _prefork_app.py
 WORKERS = 3
 CLIENTS = 4
 KEYS = 16
@@ -219,7 +219,7 @@ def workers_of(master: psutil.Process) -> list[int]:
 
 
 class Gunicorn:
-    """``gunicorn --preload -w WORKERS`` serving tests/_prefork_app.py, always stopped."""
+    """``gunicorn --preload -w WORKERS`` serving tests/helpers/_prefork_app.py, always stopped."""
 
     def __init__(self, rt, tmp_path: Path):
         self.rt = rt

@@ -32,7 +32,7 @@ import _procs
 import _wait_procs
 from _threads import ReaderThread
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(shmrcu.__file__)))
 
 

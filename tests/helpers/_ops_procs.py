@@ -1,4 +1,4 @@
-"""Child processes for tests/test_cli_ops.py (importable by 'spawn')."""
+"""Child processes for tests/cli/test_cli_ops.py (importable by 'spawn')."""
 from __future__ import annotations
 
 import time

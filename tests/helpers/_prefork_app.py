@@ -1,6 +1,6 @@
 """A prefork WSGI app for tests/test_prefork.py: the gunicorn app *and* its config.
 
-Run as ``gunicorn --preload -c python:_prefork_app _prefork_app:app`` (from tests/).
+Run as ``gunicorn --preload -c python:_prefork_app _prefork_app:app`` (from tests/helpers/).
 The gunicorn master imports this module once (the config load and ``--preload``
 share ``sys.modules``) and attaches the runtime named by $SHMRCU_PREFORK_RUNTIME;
 then it forks its workers, which inherit ``rt``, ``table`` and ``freed``.  The

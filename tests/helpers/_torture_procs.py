@@ -25,7 +25,7 @@ violation.  Reader models:
     Runtime (``rt.reader()`` first: the child re-attaches), opens the areas
     itself, reads, and leaves with ``os._exit``.
 
-Every entry point is importable by 'spawn' (tests/ is on sys.path there).
+Every entry point is importable by 'spawn' (tests/helpers/ is on sys.path there).
 """
 from __future__ import annotations
 

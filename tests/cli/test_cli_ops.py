@@ -25,7 +25,7 @@ from shmrcu.core import segment as seg
 
 import _ops_procs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 CLI = "shmrcu.cli"   # python -m shmrcu.cli: the shmrcu command, operations commands included
