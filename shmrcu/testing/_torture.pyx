@@ -138,7 +138,8 @@ def set_stop(Mapping m):
 # without the GIL; a new id is mapped (rt.map) with the GIL, inside the section.
 
 from shmrcu.core._layout cimport control_header, shm_load_acquire
-from shmrcu.maps._maps cimport MapCore, map_view, mv_lookup_id, mv_value
+from shmrcu.maps._maps cimport MapCore
+from shmrcu.maps._kernels cimport map_view, mv_lookup_id, mv_value
 from shmrcu.maps._maplayout cimport map_header, SHMRCU_MAP_FREED
 from libc.stdint cimport uint32_t
 

@@ -1,7 +1,8 @@
 # Helpers shared by the built-in kernels (inline: no module of their own).
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from shmrcu.core._layout cimport shm_load_acquire
-from shmrcu.maps._maps cimport MapCore, map_view, mv_find, mv_value
+from shmrcu.maps._maps cimport MapCore
+from shmrcu.maps._kernels cimport map_view, mv_find, mv_value
 
 # The inner map id stored at ``key`` of an outer map, 0 when the slot is empty.
 cdef inline uint64_t inner_id(map_view* outer, uint32_t key) noexcept nogil:

@@ -2,7 +2,8 @@
 """Access to one worker's ledger entry (layout and journal protocol: _ledger.h)."""
 from libc.stdint cimport uint64_t
 from shmrcu.core._layout cimport shm_load_relaxed, shm_store_relaxed
-from shmrcu.maps._maps cimport MapCore, mv_value
+from shmrcu.maps._maps cimport MapCore
+from shmrcu.maps._kernels cimport mv_value
 
 FORMAT = SHMRCU_LEDGER_FORMAT.decode()
 FIELDS = ("applied", "batches", "dropped", "hits", "misses", "j_seq", "j_map", "j_offset",

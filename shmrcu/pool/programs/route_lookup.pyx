@@ -10,7 +10,8 @@ count is committed once per batch.
 """
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from shmrcu.core._layout cimport shm_load_relaxed, shm_store_relaxed
-from shmrcu.maps._maps cimport MapCore, map_view, mv_find
+from shmrcu.maps._maps cimport MapCore
+from shmrcu.maps._kernels cimport map_view, mv_find
 from shmrcu.pool.programs._ledger cimport Ledger, pool_ledger
 from shmrcu.pool.programs._common cimport inner_id
 

@@ -20,7 +20,8 @@ uncertain, and the ledger says so.
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from shmrcu.core._layout cimport (shm_load_relaxed, shm_store_relaxed, shm_fetch_add_relaxed,
                              shm_compiler_barrier)
-from shmrcu.maps._maps cimport MapCore, map_view, mv_upsert, mv_value
+from shmrcu.maps._maps cimport MapCore
+from shmrcu.maps._kernels cimport map_view, mv_upsert, mv_value
 from shmrcu.pool.programs._ledger cimport Ledger, pool_ledger
 from shmrcu.pool.programs._common cimport inner_id
 
