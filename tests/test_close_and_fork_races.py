@@ -126,3 +126,27 @@ def test_background_free_is_not_held_by_a_reader_killed_in_its_section(runtime, 
         time.sleep(0.01)                    # nobody synchronizes: the free thread must cope
     assert runtime.controller.pending()["retired"] == 0
     assert [i["state"] for i in runtime.maps()] == []
+
+
+def test_reader_close_from_another_thread_never_ends_its_section(runtime):
+    got = {}
+
+    def hold(ready, release):
+        with runtime.reader() as r, r.section():
+            got["reader"] = r
+            ready.set()
+            release.wait(10)
+    ready, release = threading.Event(), threading.Event()
+    t = threading.Thread(target=hold, args=(ready, release))
+    t.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(shmrcu.ShmrcuError, match="another thread") as exc:
+            got["reader"].close()
+        assert exc.value.errno == errno.EBUSY
+        with pytest.raises(shmrcu.GracePeriodTimeout):
+            runtime.synchronize(timeout=0.1)          # still inside its section
+    finally:
+        release.set()
+        t.join(10)
+    runtime.synchronize(timeout=5)

@@ -1068,7 +1068,11 @@ cdef class Reader:
         """Release the slot (offline first).  Idempotent; in a forked child's copy, a no-op."""
         if self.closed:
             return
-        if (self.depth or self.qsbr_online) and pthread_self() == self.owner_thread:
+        if (self.depth or self.qsbr_online) and pthread_self() != self.owner_thread:
+            raise ShmrcuError(f"reader (slot {self.index}) is online or inside a section of its own "
+                              "thread: closing it from another thread would end that section early",
+                              errno=_errno.EBUSY)
+        if self.depth or self.qsbr_online:
             shmrcu_tls_online_dec()
         self.depth = 0
         self.qsbr_online = False

@@ -149,8 +149,10 @@ class _OuterMap(Map):
         return m
 
     def __getitem__(self, key) -> Map:
-        r = self._guard()
-        return self._inner(self._lookup_id(key), r)
+        rt = self.runtime
+        if rt._controller is None and (rt.debug or not _epoch.thread_online()):
+            return self._inner(self._lookup_id(key), self._guard())     # raises, or debug mode
+        return _open_id(rt, self._lookup_id(key))
 
     def get(self, key, default=None):
         r = self._guard()
