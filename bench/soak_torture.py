@@ -16,7 +16,6 @@ maps churned, reads/s) and exits 1 on any violation or error.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -31,27 +30,7 @@ import shmrcu  # noqa: E402
 from shmrcu.core import segment as seg  # noqa: E402
 
 import _torture_procs as tp  # noqa: E402
-
-
-class Procs:
-    """Spawned processes, always reaped (the tests' conftest.Procs without pytest)."""
-
-    def __init__(self) -> None:
-        self.ctx = mp.get_context("spawn")
-        self.started: list = []
-
-    def start(self, target, *args):
-        p = self.ctx.Process(target=target, args=args, daemon=True)
-        p.start()
-        self.started.append(p)
-        return p
-
-    def reap(self) -> None:
-        for p in self.started:
-            if p.is_alive():
-                p.kill()
-            p.join(10)
-        self.started.clear()
+from _spawn import Procs  # noqa: E402
 
 
 def all_cells() -> list[tuple[str, str, str]]:

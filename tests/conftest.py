@@ -7,7 +7,6 @@ it goes on ``sys.path`` here (so tests in every folder, and 'spawn' children, wh
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 import os
 import sys
 
@@ -21,6 +20,8 @@ if HELPERS not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
                                                             if os.environ.get("PYTHONPATH") else []))
 
 from shmrcu.core import segment as seg
+
+from _spawn import Procs  # noqa: E402  (helpers are on sys.path from here on)
 
 _counter = itertools.count()
 TEST_PREFIX = f"pt{os.getpid()}-"
@@ -54,26 +55,6 @@ def runtime(rt_name):
         else:
             for n in seg.runtime_segments(rt_name):
                 seg.unlink(n)
-
-
-class Procs:
-    """Starts real processes ('spawn' context) and always reaps them."""
-
-    def __init__(self):
-        self.ctx = mp.get_context("spawn")
-        self.started: list = []
-
-    def start(self, target, *args):
-        p = self.ctx.Process(target=target, args=args, daemon=True)
-        p.start()
-        self.started.append(p)
-        return p
-
-    def reap(self):
-        for p in self.started:
-            if p.is_alive():
-                p.kill()
-            p.join(10)
 
 
 @pytest.fixture
