@@ -62,6 +62,11 @@ static inline uint32_t shm_fetch_add_seq_cst32(uint32_t *p, uint32_t v) { return
 static inline uint32_t shm_fetch_sub_seq_cst32(uint32_t *p, uint32_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
 
 static inline void shm_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+/* Seqlock-style fences (Boehm, "Can seqlocks get along with programming language
+ * memory models?"): a reader's data loads, then acquire fence, then the re-check;
+ * a writer's claim, then release fence, then its data stores. */
+static inline void shm_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+static inline void shm_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 /* Stops the compiler (not the CPU) from moving memory accesses across it. */
 static inline void shm_compiler_barrier(void) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
 

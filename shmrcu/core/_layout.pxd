@@ -80,6 +80,8 @@ cdef extern from "_atomics.h" nogil:
     int shm_futex_wait(uint32_t *addr, uint32_t expected, uint64_t timeout_ns)
     int shm_futex_wake_all(uint32_t *addr)
     void shm_fence_seq_cst()
+    void shm_fence_acquire()
+    void shm_fence_release()
     void shm_compiler_barrier()
     void shm_cpu_relax()
     uint64_t shm_monotonic_ns()

@@ -83,10 +83,17 @@ class Map(MapCore):
         return bool(self.info["flags"] & _maps.F_WORKER_READONLY)
 
     @property
+    def whole_values(self) -> bool:
+        """Readers see every value whole, never half an update (hash maps: always;
+        arrays: when created with ``whole_values=True``)."""
+        return bool(self.info["flags"] & _maps.F_WHOLE_VALUES)
+
+    @property
     def spec(self) -> dict:
         """The arguments that would create a map like this one (template comparisons)."""
         return {"kind": self.kind, "key": self.key_format, "value": self.value_format,
-                "max_entries": self.max_entries, "worker_readonly": self.worker_readonly}
+                "max_entries": self.max_entries, "worker_readonly": self.worker_readonly,
+                "whole_values": self.whole_values}
 
     def __repr__(self) -> str:
         if self.closed:
@@ -124,7 +131,8 @@ class _OuterMap(Map):
         t = self.info["inner"]
         return {"kind": KIND_NAMES[t["kind"]], "key": t["key_format"], "value": t["value_format"],
                 "max_entries": t["max_entries"],
-                "worker_readonly": bool(t["flags"] & _maps.F_WORKER_READONLY)}
+                "worker_readonly": bool(t["flags"] & _maps.F_WORKER_READONLY),
+                "whole_values": bool(t["flags"] & _maps.F_WHOLE_VALUES)}
 
     def _guard(self):
         """None for the controller (the only updater: the kernel's
@@ -237,7 +245,7 @@ class _OuterMap(Map):
             raise TemplateMismatch(f"inner map {inner.id} belongs to another runtime")
         want = self.inner_template
         have = inner.spec
-        keys = ("kind", "key", "value", "worker_readonly") + \
+        keys = ("kind", "key", "value", "worker_readonly", "whole_values") + \
             (("max_entries",) if KINDS[want["kind"]] in _ARRAYS else ())
         diff = [f"{k}: {have[k]!r} != {want[k]!r}" for k in keys if have[k] != want[k]]
         if diff:
@@ -420,7 +428,7 @@ def _spec_error(msg: str, err: int = _errno.EINVAL) -> InvalidMapSpec:
     return InvalidMapSpec(msg, errno=err)
 
 
-def _validate(rt, kind, key, value, max_entries, name, inner, worker_readonly) -> dict:
+def _validate(rt, kind, key, value, max_entries, name, inner, worker_readonly, whole_values) -> dict:
     if kind not in KINDS:
         raise _spec_error(f"unknown map kind {kind!r}; choose one of {', '.join(KINDS)}")
     code = KINDS[kind]
@@ -471,12 +479,25 @@ def _validate(rt, kind, key, value, max_entries, name, inner, worker_readonly) -
     if code in _PER_WORKER and not vf.all_int:
         raise _spec_error(f"{kind} values are summed across workers: value format {value!r} "
                           f"must have integer fields only")
+    flags = _maps.F_WORKER_READONLY if worker_readonly else 0
+    if code in _OUTERS:
+        if whole_values:
+            raise _spec_error(f"{kind} values are inner map ids, one word each: always whole; "
+                              f"leave whole_values unset")
+    elif code in _ARRAYS:
+        if whole_values:
+            flags |= _maps.F_WHOLE_VALUES
+    else:
+        if whole_values is False:
+            raise _spec_error(f"{kind} maps always give whole values (an update never shows "
+                              f"half-written); whole_values=False is not available")
+        flags |= _maps.F_WHOLE_VALUES
     n_copies = rt.max_workers if code in _PER_WORKER else 1
-    size = _mapheader.segment_size(code, kf.size, vf.size, max_entries, n_copies)
+    size = _mapheader.segment_size(code, kf.size, vf.size, max_entries, n_copies, flags)
     if size == 0:
         raise _spec_error(f"impossible map geometry for {kind} {key!r} -> {value!r} x {max_entries}")
     _check_memory(kind, size)
-    return {"kind": code, "flags": _maps.F_WORKER_READONLY if worker_readonly else 0,
+    return {"kind": code, "flags": flags,
             "key_size": kf.size, "value_size": vf.size, "max_entries": max_entries,
             "n_copies": n_copies, "name": name, "key_format": key, "value_format": value,
             "inner": inner_info, "size": size}
@@ -497,14 +518,17 @@ def _check_memory(kind: str, size: int) -> None:
 
 
 def create_map(rt, kind: str, *, key: str | None = None, value: str | None = None, max_entries: int,
-               name: str | None = None, inner: Map | None = None, worker_readonly: bool = False) -> Map:
+               name: str | None = None, inner: Map | None = None, worker_readonly: bool = False,
+               whole_values: bool | None = None) -> Map:
     """Create a map in its own segment and record it in the runtime's directory.
 
     ``kind``: array, hash, per_worker_array, per_worker_hash, array_of_maps,
     hash_of_maps.  ``key``/``value``: struct formats (arrays: u32 index;
     outer maps: ``inner=`` template instead of ``value``).  InvalidMapSpec for
     bad arguments, MapExists for a taken name."""
-    spec = _validate(rt, kind, key, value, max_entries, name, inner, bool(worker_readonly))
+    if whole_values is not None and not isinstance(whole_values, bool):
+        raise _spec_error(f"whole_values must be a bool, got {whole_values!r}")
+    spec = _validate(rt, kind, key, value, max_entries, name, inner, bool(worker_readonly), whole_values)
     d = _directory(rt, create=True)
     with d as directory:
         if name is not None:
@@ -628,7 +652,8 @@ def list_maps(rt) -> list[dict]:
         entries = directory.entries_list()
     out = []
     for e in entries:
-        flags = ("worker_readonly",) if e["flags"] & _maps.F_WORKER_READONLY else ()
+        flags = tuple(n for n, f in (("worker_readonly", _maps.F_WORKER_READONLY),
+                                     ("whole_values", _maps.F_WHOLE_VALUES)) if e["flags"] & f)
         out.append({"id": e["id"], "name": e["name"], "kind": KIND_NAMES.get(e["kind"], str(e["kind"])),
                     "key": e["key_format"], "value": e["value_format"], "max_entries": e["max_entries"],
                     "flags": flags, "state": STATE_NAMES.get(e["state"], str(e["state"]))})

@@ -12,13 +12,22 @@
 # Callers must be inside a read-side section (or a QSBR-online reader) while
 # they use pointers returned by mv_value: that is what keeps a deleted slot
 # from being reused under them.
+#
+# Whole values (m.cells: hash maps with values over 8 bytes, arrays created
+# with whole_values=True): mv_value points at the value current at the call;
+# it stays whole while nobody updates the key, and a concurrent update writes
+# the *other* buffer -- but a second update may rewrite this one.  A program
+# that must see one whole value copies it out with mv_read (lock-free; retries
+# only while a writer overlaps).  Values of at most 8 bytes are one word:
+# mv_value/mv_read see them whole in every map.
 from libc.errno cimport ENOENT, E2BIG
-from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memcmp
 from shmrcu.core._layout cimport (control_header, shm_load_acquire, shm_load_seq_cst,
                                   shm_store_relaxed, shm_load_relaxed, shm_fetch_add_relaxed,
-                                  shm_cas_seq_cst)
-from shmrcu.maps._maplayout cimport map_header, SHMRCU_MAP_ARRAY_OF_MAPS, SHMRCU_SLOT_HDR
+                                  shm_cas_seq_cst, shm_fence_acquire, shm_cpu_relax)
+from shmrcu.maps._maplayout cimport (map_header, SHMRCU_MAP_ARRAY_OF_MAPS, SHMRCU_SLOT_HDR,
+                                     SHMRCU_CELL_HDR)
 
 cdef struct map_view:
     char* base               # start of the mapping (the map_header)
@@ -33,13 +42,17 @@ cdef struct map_view:
     uint64_t capacity
     uint64_t mask            # hash: capacity - 1
     uint32_t shift           # hash: 64 - log2(capacity); a key's home slot is hash >> shift
+    uint32_t buf_stride      # cells: bytes of one buffer (value_size rounded up to 8)
     char* slots
     uint64_t slot_size
     char* values
     uint64_t value_stride
     uint64_t copy_stride
-    bint is_hash
-    bint writable
+    # one byte each: the view stays 128 bytes, small enough for the compiler to keep a
+    # local copy in registers (the pipelined batch lookup depends on it)
+    uint8_t is_hash
+    uint8_t writable
+    uint8_t cells            # values are double-buffered cells (_maplayout.h)
 
 # slot states (_maplayout.h), under the short names the kernels use
 cdef extern from "_maplayout.h" nogil:
@@ -79,18 +92,14 @@ cdef int mv_swap_id(map_view* m, const void* key, uint64_t new_id, uint64_t flag
                     uint64_t* old) noexcept nogil
 # Outer maps: the inner id at ``key`` (acquire), 0 when empty or absent.
 cdef uint64_t mv_lookup_id(map_view* m, const void* key) noexcept nogil
+# Set entry ``e``'s value, copy ``copy``, whole (``value`` NULL: zeros), for an
+# entry already found (arrays, or an insert's own slot): 0 or -EBUSY.
+cdef int mv_write_at(map_view* m, uint64_t e, uint32_t copy, const void* value) noexcept nogil
 # Key hash (the same for every process and every map).
 cdef uint64_t mv_hash(const void* key, uint32_t n) noexcept nogil
-# Map-internal (MapCore): slot claim, batch loops.
+# Map-internal (MapCore): slot claim.  The batch loops are in _batch.pxd.
 cdef int64_t claim_slot(map_view* m, uint64_t home, uint64_t tag, uint64_t completed,
                         uint64_t* claimed_ctl) noexcept nogil
-cdef Py_ssize_t batch_lookup(map_view* m, const char* keys, Py_ssize_t n, char* out,
-                             int* rc) noexcept nogil
-cdef Py_ssize_t batch_lookup_threads(map_view* m, const char* keys, Py_ssize_t n, char* out,
-                                     int threads, int* rc) noexcept nogil
-cdef Py_ssize_t batch_update(map_view* m, const char* keys, const char* values, Py_ssize_t n,
-                             uint64_t flags, uint32_t copy, int* rc) noexcept nogil
-cdef Py_ssize_t batch_delete(map_view* m, const char* keys, Py_ssize_t n, int* rc) noexcept nogil
 
 
 # ---------------------------------------------------------------------------
@@ -143,15 +152,64 @@ cdef inline char* slot_at(map_view* m, uint64_t i) noexcept nogil:
 cdef inline char* value_at(map_view* m, uint64_t e, uint32_t copy) noexcept nogil:
     return m.values + copy * m.copy_stride + e * m.value_stride
 
-# Address of entry ``e``'s value, copy ``copy`` (0 unless per-worker).
+# A cell's current buffer, for the cell word ``word`` (version << 32 | writer pid).
+cdef inline char* cell_buffer(map_view* m, char* cell, uint64_t word) noexcept nogil:
+    return cell + SHMRCU_CELL_HDR + ((word >> 32) & 1) * m.buf_stride
+
+# A copy made between loading cell word ``w1`` and re-loading ``w2`` is whole iff
+# no writer can have touched buffer (v1 & 1) meanwhile: the version did not move,
+# or moved once (the write went to the other buffer) with no next writer yet.
+cdef inline bint cell_copy_whole(uint64_t w1, uint64_t w2) noexcept nogil:
+    cdef uint32_t v1 = <uint32_t>(w1 >> 32)
+    cdef uint32_t v2 = <uint32_t>(w2 >> 32)
+    return v2 == v1 or (v2 == <uint32_t>(v1 + 1) and <uint32_t>w2 == 0)
+
+# Address of entry ``e``'s value, copy ``copy`` (0 unless per-worker); for
+# whole-value cells the buffer current now (see the note at the top).
 cdef inline char* mv_value(map_view* m, uint64_t e, uint32_t copy) noexcept nogil:
-    return value_at(m, e, copy)
+    cdef char* cell = value_at(m, e, copy)
+    if m.cells:
+        # acquire: pairs with the writer's release publish, so the buffer it
+        # names is completely written
+        return cell_buffer(m, cell, shm_load_acquire(<uint64_t*>cell))
+    return cell
+
+# Copy entry ``e``'s value (copy ``copy``, value_size bytes) to ``dst``, whole
+# where the map promises whole values.  Never blocks: a writer that died
+# mid-update left the current buffer untouched.
+cdef inline void mv_read(map_view* m, uint64_t e, uint32_t copy, void* dst) noexcept nogil:
+    cdef char* cell = value_at(m, e, copy)
+    cdef uint64_t w1, w2
+    if not m.cells:
+        if m.value_size <= 8:
+            # relaxed: a value of up to 8 bytes is one padded word, written as one
+            # store (write_value); one load sees it whole
+            w1 = shm_load_relaxed(<uint64_t*>cell)
+            memcpy(dst, &w1, m.value_size)
+        else:
+            memcpy(dst, cell, m.value_size)      # in place (arrays without whole_values)
+        return
+    while True:
+        # acquire: the buffer named by w1 was completely written before w1 was published
+        w1 = shm_load_acquire(<uint64_t*>cell)
+        memcpy(dst, cell_buffer(m, cell, w1), m.value_size)
+        # acquire fence: the copy above completes before the re-check below (seqlock
+        # reader; pairs with the writer's release fence after it claims the cell)
+        shm_fence_acquire()
+        # relaxed: ordered by the fence
+        w2 = shm_load_relaxed(<uint64_t*>cell)
+        if cell_copy_whole(w1, w2):
+            return
+        shm_cpu_relax()
 
 cdef inline void write_value(char* dst, const void* src, uint32_t n) noexcept nogil:
-    if n == 8:
-        # relaxed: a lone u64 value is replaced as one word (no torn reads); it
-        # orders nothing else
-        shm_store_relaxed(<uint64_t*>dst, (<const uint64_t*>src)[0])
+    """In-place write (not for cells): a value of up to 8 bytes as one word."""
+    cdef uint64_t w = 0
+    if n <= 8:
+        memcpy(&w, src, n)
+        # relaxed: a value of up to 8 bytes is replaced as one padded word (no torn
+        # reads); it orders nothing else
+        shm_store_relaxed(<uint64_t*>dst, w)
     else:
         memcpy(dst, src, n)
 
@@ -214,8 +272,11 @@ cdef inline int64_t mv_find(map_view* m, const void* key) noexcept nogil:
 
 cdef inline uint64_t add_at(map_view* m, int64_t e, uint32_t copy, uint32_t offset,
                             uint64_t delta) noexcept nogil:
-    """Add to one u64 field of entry ``e``; returns the new value."""
-    cdef uint64_t* p = <uint64_t*>(value_at(m, <uint64_t>e, copy) + offset)
+    """Add to one u64 field of entry ``e``; returns the new value.  In a cell the
+    add goes to the current buffer: each field's add is atomic, and an add racing
+    with an update of the key may land in the buffer that update replaces (as if
+    it came first)."""
+    cdef uint64_t* p = <uint64_t*>(mv_value(m, <uint64_t>e, copy) + offset)
     cdef uint64_t v
     if m.n_copies > 1:
         # relaxed load/store: a per-worker copy has one writer, its owner; the

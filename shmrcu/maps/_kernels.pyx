@@ -37,15 +37,47 @@ probed linearly from ``hash & mask``.  Each slot starts with a control word
   inside a section itself).  Deletes made from Python advance the global epoch
   so that later sections never hold their tombstones.
 
-Values are written in place: a single aligned u64 is read and written as one
-word, multi-field values may be seen half-updated (as in BPF without spin
-locks).  ``add`` is an atomic fetch-add on a shared copy and a plain
-owner-only add on a per-worker copy.
+Whole values
+------------
+A value of at most 8 bytes is one padded word, stored and loaded as one: it is
+always seen whole.  A longer value of a hash map (and of an array created with
+``whole_values=True``, the counterpart of BPF_F_LOCK) lives in a *cell*:
+``[word][buffer 0][buffer 1]`` with ``word = version << 32 | writer pid``; the
+value is buffer ``version & 1`` (layout in _maplayout.h).
+
+* A writer claims the cell: CAS the word from ``(v, 0)`` to ``(v, its pid)``.
+  It writes the new value into the *other* buffer, ``(v + 1) & 1``, which no
+  reader is reading as current, and publishes with a CAS to ``(v + 1, 0)``
+  (release: the buffer is complete before anyone sees the new version).  Writers
+  of one cell are serialized by the claim; an update of a hash key re-checks,
+  once it holds the claim, that the slot still holds the key it found (the
+  generation in ``ctl``), else it lets go and starts over.
+* A reader never waits: it loads the word (acquire), copies the current buffer,
+  fences (acquire) and re-loads the word.  The copy is whole unless a writer can
+  have written that buffer meanwhile, i.e. unless the version moved twice, or
+  once with a next writer already claiming (``cell_copy_whole``); then it
+  copies again.  Readers never write, so they need no lock and take none.
+* A writer that dies holding the claim leaves ``(v, dead pid)``: buffer ``v & 1``
+  is untouched, so readers keep copying the old value, whole.  The next writer,
+  seeing the claim held for a while, checks the pid (``kill(pid, 0)`` and a
+  zombie check in /proc) and, if it is dead, takes the claim over with a CAS:
+  the key stays updatable.  A live writer that holds a claim over 1 s makes
+  other writers give up with -EBUSY (a stopped process, say).
+* ``add`` adds in place to the current buffer with an atomic fetch-add per u64
+  field: each field's add is atomic; a multi-field add is one add per field, so
+  a reader may see some of its fields added and not yet the others; an add that
+  races with an update of the same key may land in the buffer that update
+  replaces (as if it came before the update).
+* ``mv_value`` returns the current buffer: a program may use the pointer for a
+  batch while nobody updates the key; ``mv_read`` copies a whole value out.
+
+Arrays without ``whole_values`` keep their values in place, as BPF arrays do: a
+multi-field value may be seen half-written.
 
 Where the code is: the read side (hashing, the probe loop ``hash_find``, ``mv_find``,
 ``mv_value``) is ``cdef inline`` in ``_kernels.pxd`` so that it inlines into every module that
 cimports it (``MapCore`` in ``_maps.pyx``, the built-in programs); the write side (slot claim,
-insert, delete, the reader poll) and the batch loops are below.
+insert, delete, the reader poll, the cell writer) is below; the batch loops are in ``_batch.pyx``.
 """
 cimport cython
 from libc.errno cimport ENOENT, EEXIST, E2BIG, EINVAL, EPERM, EAGAIN, EINTR, EBUSY
@@ -56,6 +88,7 @@ from shmrcu.core._layout cimport (control_header, worker_slot, SHMRCU_SECTIONS_M
                              SHM_MEMBARRIER_CMD_GLOBAL_EXPEDITED, shm_membarrier, shm_load_acquire, shm_load_relaxed, shm_load_seq_cst,
                              shm_store_release, shm_store_relaxed, shm_store_seq_cst, shm_xchg_seq_cst,
                              shm_fetch_add_relaxed, shm_cas_acq_rel, shm_cas_seq_cst, shm_cpu_relax,
+                             shm_fence_release, shm_compiler_barrier,
                              shm_fence_seq_cst, shm_monotonic_ns)
 from shmrcu.maps._maplayout cimport *
 from shmrcu.core._epoch cimport updater_membarrier
@@ -63,17 +96,63 @@ from shmrcu.core._epoch cimport updater_membarrier
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    int pthread_create(pthread_t* thread, const void* attr, void* (*start)(void*) noexcept nogil,
-                       void* arg)
-    int pthread_join(pthread_t thread, void** retval)
-
 cdef extern from *:
     """
-    #define SHMRCU_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+    #include <signal.h>
+    #include <fcntl.h>
+    #include <unistd.h>
+    #include <errno.h>
+    #include <stdio.h>
+    #include <string.h>
+    #include <pthread.h>
+    /* This process's pid, cached: getpid() is a system call; a fork() child
+     * drops the cache (pthread_atfork, registered at import). */
+    static uint32_t shmrcu_pid_cache;
+    static uint64_t shmrcu_cell_writers;
+    static void shmrcu_pid_forget(void) { shmrcu_pid_cache = 0; shmrcu_cell_writers = 0; }
+    static inline uint32_t shmrcu_self_pid(void) {
+        if (!shmrcu_pid_cache) shmrcu_pid_cache = (uint32_t)getpid();
+        return shmrcu_pid_cache;
+    }
+    /* Threads of this process inside cell_write: a claim in our own pid's name
+     * while we are the only one is stale (a dead writer whose pid we reuse). */
+    static inline void shmrcu_cell_writers_add(int64_t d) {
+        /* relaxed: a process-local hint, read only on the slow path */
+        __atomic_fetch_add(&shmrcu_cell_writers, (uint64_t)d, __ATOMIC_RELAXED);
+    }
+    static inline uint64_t shmrcu_cell_writers_now(void) {
+        return __atomic_load_n(&shmrcu_cell_writers, __ATOMIC_RELAXED);
+    }
+    static int shmrcu_register_pid_forget(void) {
+        return pthread_atfork(NULL, NULL, shmrcu_pid_forget);
+    }
+    /* Is process ``pid`` alive?  A zombie (killed, not yet reaped) is not. */
+    static int shmrcu_pid_alive(uint32_t pid) {
+        char path[48], buf[512];
+        const char *p;
+        ssize_t n;
+        int fd;
+        if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return 0;
+        snprintf(path, sizeof path, "/proc/%u/stat", pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return errno == ENOENT ? 0 : 1;
+        n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0) return 1;
+        buf[n] = 0;
+        p = strrchr(buf, ')');
+        return !(p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
+    }
     """
-    void SHMRCU_PREFETCH(const void* p) nogil
+    uint32_t shmrcu_self_pid() nogil
+    void shmrcu_cell_writers_add(int64_t d) nogil
+    uint64_t shmrcu_cell_writers_now() nogil
+    int shmrcu_register_pid_forget()
+    int shmrcu_pid_alive(uint32_t pid) nogil
+
+shmrcu_register_pid_forget()
+
+
 
 
 
@@ -104,6 +183,122 @@ cdef inline bint backoff(uint32_t* spins, uint64_t* since) noexcept nogil:
         elif now - since[0] > STALLED_INSERT_NS:
             return True
     return False
+
+
+# ---------------------------------------------------------------------------
+# whole-value cells (the protocol is in the essay above)
+
+cdef bint _torn_writes = False
+
+def _set_torn_writes(bint torn):
+    """TEST ONLY: write multi-field values in place, field by field, without the
+    cell protocol, so the whole-value tests can show they catch torn reads."""
+    global _torn_writes
+    _torn_writes = torn
+
+cdef void torn_write(char* buf, const void* src, uint32_t n) noexcept nogil:
+    """TEST ONLY: the unprotected write -- one 8-byte field at a time, in place."""
+    cdef uint32_t j = 0
+    cdef uint64_t w = 0
+    while j < n:
+        if src != NULL:
+            memcpy(&w, <const char*>src + j, min(8, n - j))
+        # relaxed: each field on its own, which is exactly what readers must not see
+        shm_store_relaxed(<uint64_t*>(buf + j), w)
+        shm_compiler_barrier()
+        j += 8
+
+cdef inline bint claim_cell(char* cell, uint64_t* word) noexcept nogil:
+    """Try once to claim a cell whose word we loaded as ``word[0]`` (free, or held
+    by a dead writer); on failure ``word[0]`` is the fresh word."""
+    cdef uint64_t w = word[0]
+    cdef uint64_t mine = (w & 0xffffffff00000000ULL) | shmrcu_self_pid()
+    # acq_rel CAS: makes the cell ours, and orders our writes after the previous
+    # writer's (whose publish we acquire)
+    if shm_cas_acq_rel(<uint64_t*>cell, w, mine):
+        word[0] = mine
+        return True
+    # acquire: as any load of the word
+    word[0] = shm_load_acquire(<uint64_t*>cell)
+    return False
+
+cdef inline bint owner_gone(uint32_t owner) noexcept nogil:
+    """Is the writer ``owner`` that holds a claim dead (slow path only)?"""
+    if owner == shmrcu_self_pid():
+        # our own pid: a thread of ours is writing -- unless we are the only writer
+        # here, and the claim is a dead process's whose pid we got
+        return shmrcu_cell_writers_now() <= 1
+    return not shmrcu_pid_alive(owner)
+
+cdef int cell_write(map_view* m, char* cell, const void* src, const uint64_t* slot,
+                    uint64_t seen) noexcept nogil:
+    cdef int r
+    shmrcu_cell_writers_add(1)
+    r = cell_write_claimed(m, cell, src, slot, seen)
+    shmrcu_cell_writers_add(-1)
+    return r
+
+cdef int cell_write_claimed(map_view* m, char* cell, const void* src, const uint64_t* slot,
+                            uint64_t seen) noexcept nogil:
+    """Write a whole value (``src`` NULL: zeros) into a cell.  ``slot``/``seen``: the
+    hash slot's ctl as the caller found it LIVE (re-checked once we hold the claim;
+    RETRY if it changed), or NULL.  0, RETRY, or -EBUSY."""
+    cdef uint64_t w, done
+    cdef uint32_t owner, spins = 0
+    cdef uint64_t since = 0
+    cdef char* buf
+    if _torn_writes:                  # test switch: in place, field by field, no protocol
+        torn_write(cell_buffer(m, cell, shm_load_acquire(<uint64_t*>cell)), src, m.value_size)
+        return 0
+    # acquire: the previous writer's publish (and its buffer) are visible to us
+    w = shm_load_acquire(<uint64_t*>cell)
+    while True:
+        owner = <uint32_t>w
+        if owner == 0 or (spins >= 128 and spins & 63 == 0 and owner_gone(owner)):
+            if claim_cell(cell, &w):
+                break
+            continue
+        if backoff(&spins, &since):
+            if owner_gone(owner) and claim_cell(cell, &w):
+                break
+            return -EBUSY
+        # acquire: as above
+        w = shm_load_acquire(<uint64_t*>cell)
+    # release fence: the claim is visible before any of our buffer stores (a reader
+    # that copies a half-written buffer then sees the claim in its re-check)
+    shm_fence_release()
+    # acquire: the slot still holds the key we found (else a delete, and maybe a new
+    # insert, happened since: let go and let the caller look again)
+    if slot != NULL and shm_load_acquire(slot) != seen:
+        # release: gives the claim back, version unchanged
+        shm_store_release(<uint64_t*>cell, w & 0xffffffff00000000ULL)
+        return RETRY
+    buf = cell + SHMRCU_CELL_HDR + (((w >> 32) + 1) & 1) * m.buf_stride
+    if src == NULL:
+        memset(buf, 0, m.value_size)
+    else:
+        memcpy(buf, src, m.value_size)
+    done = ((w >> 32) + 1) << 32
+    # release CAS: the new buffer is complete before a reader sees the new version;
+    # a CAS (not a store) because a claim can only be lost to a writer who judged
+    # us dead, and then we must not publish over it
+    if shm_cas_seq_cst(<uint64_t*>cell, w, done):
+        return 0
+    return -EBUSY
+
+cdef int mv_write_at(map_view* m, uint64_t e, uint32_t copy, const void* value) noexcept nogil:
+    cdef char* cell = value_at(m, e, copy)
+    cdef uint64_t zero = 0
+    if m.cells:
+        return cell_write(m, cell, value, NULL, 0)
+    if value == NULL:
+        if m.value_size <= 8:
+            write_value(cell, &zero, m.value_size)
+        else:
+            memset(cell, 0, m.value_size)
+    else:
+        write_value(cell, value, m.value_size)
+    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -260,9 +455,10 @@ cdef int64_t hash_insert(map_view* m, const char* key, uint64_t h, const void* i
     memset(s + SHMRCU_SLOT_HDR, 0, m.key_stride)
     memcpy(s + SHMRCU_SLOT_HDR, key, m.key_size)
     for c in range(m.n_copies):
-        memset(value_at(m, <uint64_t>mine, c), 0, m.value_size)
-    if init != NULL:
-        memcpy(value_at(m, <uint64_t>mine, copy), init, m.value_size)
+        # cells: through the protocol even here -- a writer that found this slot's
+        # previous key may still hold a claim on the cell
+        if mv_write_at(m, <uint64_t>mine, c, init if (init != NULL and c == copy) else NULL) < 0:
+            return give_up_insert(m, s, mine_ctl)
     pending = (mine_ctl & ~STATE_MASK) | S_PENDING
     # seq_cst: this store and the scan's seq_cst loads below are one half of a
     # Dekker pair with any concurrent inserter of the same key
@@ -372,7 +568,8 @@ cdef int hash_delete(map_view* m, const char* key, uint64_t* old_id) noexcept no
 cdef int mv_update(map_view* m, const void* key, const void* value, uint64_t flags,
                    uint32_t copy) noexcept nogil:
     cdef int64_t e
-    cdef uint64_t h, old
+    cdef int r
+    cdef uint64_t h, old, seen = 0
     cdef uint32_t spins = 0
     cdef uint64_t since = 0
     if flags > <uint64_t>SHMRCU_EXIST:
@@ -387,16 +584,21 @@ cdef int mv_update(map_view* m, const void* key, const void* value, uint64_t fla
             return <int>e
         if flags == <uint64_t>SHMRCU_NOEXIST:
             return -EEXIST            # every array index always exists (BPF)
-        write_value(value_at(m, <uint64_t>e, copy), value, m.value_size)
-        return 0
+        return mv_write_at(m, <uint64_t>e, copy, value)
     h = hash_bytes(<const char*>key, m.key_size)
     while True:
-        e = hash_find(m, <const char*>key, h, NULL)
+        e = hash_find(m, <const char*>key, h, &seen)
         if e >= 0:
             if flags == <uint64_t>SHMRCU_NOEXIST:
                 return -EEXIST
-            write_value(value_at(m, <uint64_t>e, copy), value, m.value_size)
-            return 0
+            if not m.cells:
+                write_value(value_at(m, <uint64_t>e, copy), value, m.value_size)
+                return 0
+            r = cell_write(m, value_at(m, <uint64_t>e, copy), value,
+                           <uint64_t*>slot_at(m, <uint64_t>e), seen)
+            if r != RETRY:
+                return r
+            continue                  # the key was deleted (maybe re-inserted) meanwhile
         if flags == <uint64_t>SHMRCU_EXIST:
             return -ENOENT
         e = hash_insert(m, <const char*>key, h, value, copy)
@@ -504,146 +706,3 @@ cdef uint64_t mv_lookup_id(map_view* m, const void* key) noexcept nogil:
     # acquire: pairs with the seq_cst exchange that stored the id, so the inner
     # map it names is fully built when we use it
     return shm_load_acquire(<uint64_t*>value_at(m, <uint64_t>e, 0))
-
-
-# ---------------------------------------------------------------------------
-# batch kernels (run without the GIL; stop at the first error)
-
-cdef inline Py_ssize_t hash_lookup_pipelined(map_view* m, const char* keys, Py_ssize_t n, char* out,
-                                              int* rc, uint32_t ks, uint32_t vs) noexcept nogil:
-    """Batch lookups in a one-copy hash; ``ks``/``vs`` are constants where specialised.
-
-    A software pipeline: keys are hashed and their home slots prefetched
-    PREFETCH_AHEAD lookups ahead, so the cache misses of many lookups overlap.
-    The map's geometry is copied to a local first: stores to ``out`` cannot
-    alias it, so the compiler keeps it in registers."""
-    cdef map_view v = m[0]
-    cdef Py_ssize_t i
-    cdef int64_t e
-    cdef uint64_t hashes[PREFETCH_AHEAD]
-    cdef uint64_t h
-    cdef const char* k
-    for i in range(min(n, <Py_ssize_t>PREFETCH_AHEAD)):
-        h = hash_bytes(keys + i * ks, ks)
-        hashes[i] = h
-        SHMRCU_PREFETCH(slot_at(&v, home_of(&v, h)))
-    for i in range(n):
-        k = keys + i * ks
-        h = hashes[i & (PREFETCH_AHEAD - 1)]
-        if i + PREFETCH_AHEAD < n:
-            hashes[i & (PREFETCH_AHEAD - 1)] = hash_bytes(k + PREFETCH_AHEAD * ks, ks)
-            SHMRCU_PREFETCH(slot_at(&v, home_of(&v, hashes[i & (PREFETCH_AHEAD - 1)])))
-        e = hash_find_n(&v, k, h, NULL, ks)
-        if e < 0:
-            rc[0] = <int>e
-            return i
-        if vs == 8:
-            # relaxed: one word, see write_value
-            (<uint64_t*>(out + i * 8))[0] = shm_load_relaxed(<uint64_t*>value_at(&v, <uint64_t>e, 0))
-        else:
-            memcpy(out + i * vs, value_at(&v, <uint64_t>e, 0), vs)
-    return n
-
-cdef Py_ssize_t batch_lookup(map_view* m, const char* keys, Py_ssize_t n, char* out,
-                             int* rc) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef int64_t e
-    cdef uint32_t ks = m.key_size
-    cdef uint32_t vs = m.value_size
-    cdef uint32_t c
-    cdef uint64_t sum
-    rc[0] = 0
-    if m.is_hash and m.n_copies == 1:
-        if ks == 8 and vs == 8:
-            return hash_lookup_pipelined(m, keys, n, out, rc, 8, 8)
-        if ks == 4 and vs == 8:
-            return hash_lookup_pipelined(m, keys, n, out, rc, 4, 8)
-        if ks == 4 and vs == 4:
-            return hash_lookup_pipelined(m, keys, n, out, rc, 4, 4)
-        return hash_lookup_pipelined(m, keys, n, out, rc, ks, vs)
-    for i in range(n):
-        e = mv_find(m, keys + i * ks)
-        if e < 0:
-            rc[0] = <int>e
-            return i
-        if m.n_copies == 1:
-            memcpy(out + i * vs, value_at(m, <uint64_t>e, 0), vs)
-        else:
-            sum = 0
-            for c in range(m.n_copies):
-                # relaxed: each copy's owner stores whole words
-                sum += shm_load_relaxed(<uint64_t*>value_at(m, <uint64_t>e, c))
-            (<uint64_t*>(out + i * 8))[0] = sum
-    return n
-
-cdef struct lookup_job:
-    map_view* m
-    const char* keys
-    char* out
-    Py_ssize_t n
-    Py_ssize_t done
-    int rc
-
-cdef void* lookup_job_run(void* arg) noexcept nogil:
-    cdef lookup_job* j = <lookup_job*>arg
-    j.done = batch_lookup(j.m, j.keys, j.n, j.out, &j.rc)
-    return NULL
-
-cdef Py_ssize_t batch_lookup_threads(map_view* m, const char* keys, Py_ssize_t n, char* out,
-                                     int threads, int* rc) noexcept nogil:
-    """batch_lookup split into ``threads`` contiguous parts run in parallel (at most 16).
-    The result is as if sequential: the count stops at the first failing key."""
-    cdef lookup_job jobs[16]
-    cdef pthread_t tids[16]
-    cdef bint started[16]
-    cdef int t
-    cdef Py_ssize_t part, start = 0
-    if threads > 16:
-        threads = 16
-    part = (n + threads - 1) // threads
-    for t in range(threads):
-        jobs[t].m = m
-        jobs[t].keys = keys + start * m.key_size
-        jobs[t].out = out + start * (8 if m.n_copies > 1 else m.value_size)
-        jobs[t].n = min(part, n - start)
-        jobs[t].done = 0
-        jobs[t].rc = 0
-        start += jobs[t].n
-        started[t] = t > 0 and pthread_create(&tids[t], NULL, lookup_job_run, &jobs[t]) == 0
-    lookup_job_run(&jobs[0])
-    for t in range(1, threads):
-        if started[t]:
-            pthread_join(tids[t], NULL)
-        else:
-            lookup_job_run(&jobs[t])          # no thread to be had: do it here
-    start = 0
-    for t in range(threads):
-        if jobs[t].rc < 0:
-            rc[0] = jobs[t].rc
-            return start + jobs[t].done
-        start += jobs[t].n
-    rc[0] = 0
-    return n
-
-cdef Py_ssize_t batch_update(map_view* m, const char* keys, const char* values, Py_ssize_t n,
-                             uint64_t flags, uint32_t copy, int* rc) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef int r
-    rc[0] = 0
-    for i in range(n):
-        r = mv_update(m, keys + i * m.key_size, values + i * m.value_size, flags, copy)
-        if r < 0:
-            rc[0] = r
-            return i
-    return n
-
-cdef Py_ssize_t batch_delete(map_view* m, const char* keys, Py_ssize_t n, int* rc) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef int r
-    rc[0] = 0
-    for i in range(n):
-        r = mv_delete(m, keys + i * m.key_size)
-        if r < 0:
-            rc[0] = r
-            return i
-    return n

@@ -22,11 +22,12 @@ cdef extern from "<string.h>" nogil:
 
 
 def segment_size(int kind, uint32_t key_size, uint32_t value_size, uint32_t max_entries,
-                 uint32_t n_copies):
+                 uint32_t n_copies, uint32_t flags=0):
     """Bytes of a map segment for this spec (0 if the spec is impossible)."""
     cdef map_header h
     memset(&h, 0, sizeof(h))
     h.kind = kind
+    h.flags = flags
     h.key_size = key_size
     h.value_size = value_size
     h.max_entries = max_entries

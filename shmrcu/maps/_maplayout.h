@@ -8,10 +8,16 @@
  *   offset 0               map_header   (identity, geometry, state, live count)
  *   header.slots_offset    hash maps: map_slot-like records of slot_size bytes
  *                              [u64 ctl][u64 retire_epoch][key, padded to 8][value if inline]
- *   header.values_offset   the value of entry i, copy c is at
+ *   header.values_offset   the value cell of entry i, copy c is at
  *                              values_offset + c * copy_stride + i * value_stride
  *                          (a plain hash keeps its value inline in the slot:
  *                           value_stride == slot_size, copy_stride == 0)
+ *
+ * A value cell is the value itself, padded to 8 bytes -- except in a map with
+ * SHMRCU_MAP_F_WHOLE_VALUES whose values are longer than 8 bytes: there it is
+ *                              [u64 cell word][buffer 0][buffer 1]
+ * (each buffer the value padded to 8), cell word = version << 32 | writer pid;
+ * the value is buffer (version & 1).  Protocol in _kernels.pyx, "Whole values".
  *
  * Hash slot control word (ctl) = tag << 32 | generation << 8 | state, where
  * tag is the high half of the key's hash and generation grows at every claim
@@ -22,7 +28,7 @@
 #include <stddef.h>
 
 #define SHMRCU_MAP_MAGIC 0x3150414d55435253ull     /* "SRCUMAP1" little-endian */
-#define SHMRCU_MAP_LAYOUT_VERSION 1
+#define SHMRCU_MAP_LAYOUT_VERSION 2                /* 2: whole-value cells */
 #define SHMRCU_DIR_MAGIC 0x3152494455435253ull     /* "SRCUDIR1" */
 #define SHMRCU_DIR_LAYOUT_VERSION 1
 #define SHMRCU_MAP_NAME_MAX 64
@@ -40,6 +46,7 @@
 
 /* map_header.flags */
 #define SHMRCU_MAP_F_WORKER_READONLY 1u
+#define SHMRCU_MAP_F_WHOLE_VALUES 2u    /* readers see each value whole (hash: always; arrays: asked for) */
 
 /* map_header.state: the controller moves a map live -> retired -> freed */
 #define SHMRCU_MAP_LIVE 1
@@ -62,6 +69,7 @@
 #define SHMRCU_SLOT_GEN_STEP 0x100ull
 #define SHMRCU_SLOT_GEN_MASK 0xffffff00ull
 #define SHMRCU_SLOT_HDR 16        /* ctl + retire_epoch */
+#define SHMRCU_CELL_HDR 8         /* whole-value cell word */
 
 /* directory entry states */
 #define SHMRCU_DIR_EMPTY 0
@@ -86,7 +94,7 @@ typedef struct {
     uint64_t slot_size;         /* hash: bytes per slot; array: 0 */
     uint64_t slots_offset;
     uint64_t values_offset;
-    uint64_t value_stride;      /* bytes between entries i and i+1 of one copy */
+    uint64_t value_stride;      /* bytes between the cells of entries i and i+1 of one copy */
     uint64_t copy_stride;       /* bytes between copies c and c+1 of one entry */
     uint64_t created_unix_ns;
     char name[SHMRCU_MAP_NAME_MAX + 8];
@@ -161,11 +169,23 @@ static inline uint64_t shmrcu_hash_capacity(uint32_t max_entries) {
     return c;
 }
 
+/* Whole-value cells: a map whose values are read and written through the
+ * double-buffered cell protocol (values of at most 8 bytes are one word anyway). */
+static inline int shmrcu_map_has_cells(const map_header *h) {
+    return (h->flags & SHMRCU_MAP_F_WHOLE_VALUES) && h->value_size > 8;
+}
+
+/* Bytes of one value cell (see the layout above). */
+static inline uint64_t shmrcu_cell_size(const map_header *h) {
+    uint64_t vstride = shmrcu_round_up(h->value_size, 8);
+    return shmrcu_map_has_cells(h) ? SHMRCU_CELL_HDR + 2 * vstride : vstride;
+}
+
 /* Geometry of a map from its spec.  The creator fills a header with it and an
  * opener recomputes it to validate the header: one function, no second copy.
  * Returns the total segment size, or 0 when the spec is impossible. */
 static inline uint64_t shmrcu_map_geometry(map_header *h) {
-    uint64_t vstride = shmrcu_round_up(h->value_size, 8);
+    uint64_t cell = shmrcu_cell_size(h);
     if (h->kind < 1 || h->kind > SHMRCU_MAP_KIND_MAX || h->key_size == 0 || h->value_size == 0 ||
         h->max_entries == 0 || h->n_copies == 0)
         return 0;
@@ -175,7 +195,7 @@ static inline uint64_t shmrcu_map_geometry(map_header *h) {
         h->capacity = shmrcu_hash_capacity(h->max_entries);
         h->slots_offset = sizeof(map_header);
         if (h->n_copies == 1) {       /* value inline: one cache line serves a lookup */
-            h->slot_size = SHMRCU_SLOT_HDR + h->key_stride + vstride;
+            h->slot_size = SHMRCU_SLOT_HDR + h->key_stride + cell;
             h->values_offset = h->slots_offset + SHMRCU_SLOT_HDR + h->key_stride;
             h->value_stride = h->slot_size;
             h->copy_stride = 0;
@@ -184,16 +204,16 @@ static inline uint64_t shmrcu_map_geometry(map_header *h) {
         /* per-worker: each worker's copies in a region of their own (no false sharing) */
         h->slot_size = SHMRCU_SLOT_HDR + h->key_stride;
         h->values_offset = shmrcu_round_up(h->slots_offset + h->capacity * h->slot_size, SHMRCU_MAP_ALIGN);
-        h->value_stride = vstride;
-        h->copy_stride = shmrcu_round_up(h->capacity * vstride, SHMRCU_MAP_ALIGN);
+        h->value_stride = cell;
+        h->copy_stride = shmrcu_round_up(h->capacity * cell, SHMRCU_MAP_ALIGN);
         return h->values_offset + h->n_copies * h->copy_stride;
     }
     h->capacity = h->max_entries;
     h->slot_size = 0;
     h->slots_offset = sizeof(map_header);
     h->values_offset = sizeof(map_header);
-    h->value_stride = vstride;
-    h->copy_stride = shmrcu_round_up(h->capacity * vstride, SHMRCU_MAP_ALIGN);
+    h->value_stride = cell;
+    h->copy_stride = shmrcu_round_up(h->capacity * cell, SHMRCU_MAP_ALIGN);
     return h->values_offset + h->n_copies * h->copy_stride;
 }
 

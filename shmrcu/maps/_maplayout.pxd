@@ -20,6 +20,7 @@ cdef extern from "_maplayout.h" nogil:
     int SHMRCU_MAP_KIND_MAX
 
     uint32_t SHMRCU_MAP_F_WORKER_READONLY
+    uint32_t SHMRCU_MAP_F_WHOLE_VALUES
 
     int SHMRCU_MAP_LIVE
     int SHMRCU_MAP_RETIRED
@@ -39,6 +40,7 @@ cdef extern from "_maplayout.h" nogil:
     uint64_t SHMRCU_SLOT_GEN_STEP
     uint64_t SHMRCU_SLOT_GEN_MASK
     int SHMRCU_SLOT_HDR
+    int SHMRCU_CELL_HDR
 
     int SHMRCU_DIR_EMPTY
     int SHMRCU_DIR_USED
@@ -102,3 +104,4 @@ cdef extern from "_maplayout.h" nogil:
     bint shmrcu_kind_is_hash(uint32_t kind)
     uint64_t shmrcu_hash_capacity(uint32_t max_entries)
     uint64_t shmrcu_map_geometry(map_header* h)
+    bint shmrcu_map_has_cells(const map_header* h)

@@ -7,6 +7,7 @@ section checks, and batches; the work itself is done by the nogil kernels of ``_
 ``_kernels.pxd``).  The kind-specific handle classes live in ``shmrcu.maps``.
 """
 cimport cython
+import os
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport ENOENT, EEXIST, E2BIG, EINVAL, EPERM, EAGAIN, EINTR, EBUSY
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
@@ -25,6 +26,7 @@ from shmrcu.core._epoch import thread_online as _thread_online
 from ..errors import (IndexOutOfRange, KeyExists, KeyNotFound, MapClosed, MapFull,
                      ReadOnlyMap, ReaderClosed, ShmrcuError, UnsupportedOperation)
 from shmrcu.maps._kernels cimport *
+from shmrcu.maps._batch cimport batch_lookup, batch_lookup_threads, batch_update, batch_delete
 
 ANY = SHMRCU_ANY
 NOEXIST = SHMRCU_NOEXIST
@@ -36,13 +38,15 @@ KIND_PER_WORKER_HASH = SHMRCU_MAP_PER_WORKER_HASH
 KIND_ARRAY_OF_MAPS = SHMRCU_MAP_ARRAY_OF_MAPS
 KIND_HASH_OF_MAPS = SHMRCU_MAP_HASH_OF_MAPS
 F_WORKER_READONLY = SHMRCU_MAP_F_WORKER_READONLY
+F_WHOLE_VALUES = SHMRCU_MAP_F_WHOLE_VALUES
 STATE_LIVE = SHMRCU_MAP_LIVE
 STATE_RETIRED = SHMRCU_MAP_RETIRED
 STATE_FREED = SHMRCU_MAP_FREED
 NAME_MAX = SHMRCU_MAP_NAME_MAX
 HEADER_SIZE = sizeof(map_header)
 LAYOUT = {"magic": SHMRCU_MAP_MAGIC, "version": SHMRCU_MAP_LAYOUT_VERSION,
-          "header_size": sizeof(map_header), "slot_header": SHMRCU_SLOT_HDR}
+          "header_size": sizeof(map_header), "slot_header": SHMRCU_SLOT_HDR,
+          "cell_header": SHMRCU_CELL_HDR}
 
 
 # ---------------------------------------------------------------------------
@@ -137,6 +141,8 @@ cdef class MapCore:
         self.view.value_stride = h.value_stride
         self.view.copy_stride = h.copy_stride
         self.view.is_hash = shmrcu_kind_is_hash(h.kind)
+        self.view.cells = shmrcu_map_has_cells(h)
+        self.view.buf_stride = <uint32_t>shmrcu_round_up(h.value_size, 8)
         lg = 0
         while self.view.is_hash and (<uint64_t>1 << lg) < h.capacity:
             lg += 1
@@ -227,10 +233,18 @@ cdef class MapCore:
             raise TypeError(f"value {value!r} does not match format {self.value_struct.text!r}: {e}") from None
 
     cdef object read_value(self, int64_t e, uint32_t copy):
-        cdef const char* p = value_at(&self.view, <uint64_t>e, copy)
-        if self.value_int:
-            return unpack_int(p, self.value_signed, self.view.value_size)
-        return self.value_struct.unpack(PyBytes_FromStringAndSize(p, self.view.value_size))
+        """Entry ``e``'s value (copy ``copy``), whole where the map promises it (mv_read)."""
+        cdef uint64_t word
+        cdef object b
+        if self.view.value_size <= 8:
+            mv_read(&self.view, <uint64_t>e, copy, &word)
+            if self.value_int:
+                return unpack_int(<const char*>&word, self.value_signed, self.view.value_size)
+            return self.value_struct.unpack(PyBytes_FromStringAndSize(<const char*>&word,
+                                                                      self.view.value_size))
+        b = PyBytes_FromStringAndSize(NULL, self.view.value_size)
+        mv_read(&self.view, <uint64_t>e, copy, PyBytes_AS_STRING(b))
+        return self.value_struct.unpack(b)
 
     cdef object read_sum(self, int64_t e):
         """Per-worker maps: the field-wise sum of every copy (integers wrap as C)."""
@@ -285,9 +299,10 @@ cdef class MapCore:
         if rc == -EINVAL:
             raise UnsupportedOperation(f"operation not supported on {self.label()} for key {key!r}")
         if rc == -EBUSY:
-            raise ShmrcuError(f"insert of key {key!r} into map {self.label()} waited over 1 s on a "
-                              "slot another writer claimed but never published (did a writer "
-                              "process die mid-insert?); rebuild the map and swap it in",
+            raise ShmrcuError(f"write of key {key!r} to map {self.label()} waited over 1 s on "
+                              "another writer that claimed its slot or value and never finished: "
+                              "a stopped or hung writer process (a dead one's value claim is taken "
+                              "over; a dead one's half insert is not: rebuild the map and swap it in)",
                               errno=EBUSY)
         raise ShmrcuError(f"map {self.label()}: error {-rc} for key {key!r}", errno=-rc)
 
@@ -398,7 +413,9 @@ cdef class MapCore:
             e = mv_find(&self.view, buf_ptr(kb, &ksmall))
             if e >= 0:
                 for c in range(1, self.view.n_copies):
-                    memset(value_at(&self.view, <uint64_t>e, c), 0, self.view.value_size)
+                    rc = mv_write_at(&self.view, <uint64_t>e, c, NULL)
+                    if rc < 0:
+                        self.raise_rc(rc, key)
 
     cdef int run_update(self, const void* key, const void* value, uint64_t flags, uint32_t copy) except? -1:
         """mv_update, plus one grace period and a retry when only waiting tombstones are left."""
@@ -549,6 +566,11 @@ cdef class MapCore:
         elif self.view.kind == SHMRCU_MAP_ARRAY_OF_MAPS:
             for i in self._entries():
                 self._swap_index(i, 0)
+        elif self.view.cells:         # each value goes to zeros whole
+            for c in range(self.view.n_copies):
+                for i in range(self.view.capacity):
+                    if mv_write_at(&self.view, i, c, NULL) < 0:
+                        self.raise_rc(-EBUSY, i)
         else:
             for c in range(self.view.n_copies):
                 memset(value_at(&self.view, 0, c), 0, self.view.copy_stride)
@@ -580,6 +602,29 @@ cdef class MapCore:
         shm_store_seq_cst(<uint64_t*>slot_at(&self.view, <uint64_t>mine),
                           (ctl & ~STATE_MASK) | S_PENDING)
         return mine
+
+    def _test_abandon_update(self, key, value):
+        """TEST ONLY: claim ``key``'s value cell, write half of ``value`` into the
+        spare buffer and stop there -- what a writer killed mid-update leaves."""
+        cdef uint64_t small, vsmall, w
+        cdef int64_t e
+        cdef char* cell
+        cdef int copy = 0
+        self.check(True)
+        if not self.view.cells:
+            raise UnsupportedOperation("only maps with whole-value cells have updates to abandon")
+        if self.view.n_copies > 1:
+            copy = max(self.copy_index(), 0)
+        e = self.entry_of(key)
+        vb = self.value_bytes(value, &vsmall)
+        cell = value_at(&self.view, <uint64_t>e, copy)
+        # acquire / acq_rel: as cell_write's claim
+        w = shm_load_acquire(<uint64_t*>cell)
+        if <uint32_t>w != 0 or not shm_cas_acq_rel(<uint64_t*>cell, w, w | <uint64_t>os.getpid()):
+            raise ShmrcuError("the cell is claimed by another writer", errno=EBUSY)
+        memcpy(cell + SHMRCU_CELL_HDR + (((w >> 32) + 1) & 1) * self.view.buf_stride,
+               buf_ptr(vb, &vsmall), self.view.value_size // 2)
+        return e
 
     # -- outer maps: inner ids ------------------------------------------------
     def _lookup_id(self, key):
@@ -759,7 +804,7 @@ cdef class MapCore:
 
     @property
     def writable(self):
-        return (not self.closed) and self.view.writable
+        return (not self.closed) and bool(self.view.writable)
 
     @property
     def key_format(self):

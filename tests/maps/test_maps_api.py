@@ -138,7 +138,7 @@ def test_open_by_name_and_id_and_list(runtime):
     listing = runtime.maps()
     assert listing == [
         {"id": h.id, "name": "flows", "kind": "hash", "key": "I", "value": "Q", "max_entries": 8,
-         "flags": (), "state": "live"},
+         "flags": ("whole_values",), "state": "live"},
         {"id": a.id, "name": None, "kind": "array", "key": "I", "value": "I", "max_entries": 4,
          "flags": ("worker_readonly",), "state": "live"},
     ]

@@ -16,7 +16,7 @@ def test_array_of_maps_store_swap_delete(runtime):
     outer = runtime.create_map("array_of_maps", max_entries=4, inner=a1, name="routes")
     assert isinstance(outer, maps.ArrayOfMaps)
     assert outer.inner_template == {"kind": "array", "key": "I", "value": "Q", "max_entries": 8,
-                                    "worker_readonly": False}
+                                    "worker_readonly": False, "whole_values": False}
     assert len(outer) == 0 and 0 not in outer
     with pytest.raises(KeyError):
         outer[0]

@@ -1,0 +1,12 @@
+# Batch kernels for MapCore (nogil loops over buffers of packed keys/values); see _batch.pyx.
+# Each returns how many keys it finished; rc[0] is 0, or the -errno that stopped it.
+from libc.stdint cimport uint32_t, uint64_t
+from shmrcu.maps._kernels cimport map_view
+
+cdef Py_ssize_t batch_lookup(map_view* m, const char* keys, Py_ssize_t n, char* out,
+                             int* rc) noexcept nogil
+cdef Py_ssize_t batch_lookup_threads(map_view* m, const char* keys, Py_ssize_t n, char* out,
+                                     int threads, int* rc) noexcept nogil
+cdef Py_ssize_t batch_update(map_view* m, const char* keys, const char* values, Py_ssize_t n,
+                             uint64_t flags, uint32_t copy, int* rc) noexcept nogil
+cdef Py_ssize_t batch_delete(map_view* m, const char* keys, Py_ssize_t n, int* rc) noexcept nogil
