@@ -1,6 +1,7 @@
 # C-level RCU reader API for Cython code (map kernels, built-in programs).
 # The algorithm and the reasons for each memory order are in _epoch.pyx.
 from libc.stdint cimport uint64_t
+from shmrcu.core._control cimport ControlSegment
 from shmrcu.core._layout cimport (control_header, worker_slot, shm_load_acquire, shm_load_relaxed,
                              shm_store_release, shm_store_relaxed, shm_store_full_fence,
                              shm_compiler_barrier, shm_fence_seq_cst, shm_load_relaxed32,
@@ -52,25 +53,13 @@ cdef inline void rcu_wake_waiters(control_header* hdr) noexcept nogil:
 # 0, or -errno when no barrier could be issued.
 cdef int updater_membarrier(control_header* hdr) noexcept nogil
 
-cdef class ControlBlock:
-    cdef control_header* hdr     # NULL once disowned in a forked child
-    cdef worker_slot* slots
-    cdef object mapping          # keeps the mmap alive
-    cdef int check_fd            # runtime's own OFD: probes other owners' slot locks
-    cdef bytes lock_path         # the segment's file: reclaimers open their own description
-    cdef char* lock_path_c
-    cdef readonly int owner_pid
+cdef class ControlBlock(ControlSegment):
     cdef readonly int waiters    # threads of this process inside wait() (GIL-protected)
     cdef bint closing            # Runtime.close() in progress: waits give up
-    cdef bint detached           # closed: hdr is NULL, uses raise ReaderClosed
-    cdef object __weakref__
-    cdef int usable(self) except -1
     cdef int check_token(self, uint64_t token) except -1
     cdef int membarrier_or_raise(self) except -1
     cdef list thread_qsbr_readers(self)
     cdef int wait(self, uint64_t target, double timeout) except -1
-    cdef bint reclaim_if_dead(self, int index) noexcept nogil
-    cdef int _try_claim(self, int lock_fd, int worker_id, uint64_t freed_seen) except -2
     cdef void _complete(self, uint64_t token, uint64_t waited_ns) noexcept nogil
     cdef int _wait_slots(self, uint64_t token, uint64_t t0, uint64_t deadline) noexcept nogil
     cdef bint _sleep(self, worker_slot* s, uint64_t token, uint64_t nap, uint64_t deadline,

@@ -27,7 +27,8 @@ from . import _mapdir
 from . import _mapheader
 from . import _maps
 from ..core import segment as seg
-from ._maps import ANY, EXIST, NOEXIST, MapCore
+from ._batch import MapBatch
+from ._maps import ANY, EXIST, NOEXIST
 from ..errors import (CorruptSegment, InvalidMapSpec, MapClosed, MapExists, MapNotFound, OutsideSection,
                      ReaderClosed,
                      RuntimeNotFound, TemplateMismatch)
@@ -60,7 +61,7 @@ MAX_ENTRIES = 1 << 31
 # ---------------------------------------------------------------------------
 # handle classes
 
-class Map(MapCore):
+class Map(MapBatch):
     """A map of a runtime, dict-like.  Get one from ``rt.create_map`` or ``rt.map``."""
 
     kind = "map"

@@ -10,3 +10,9 @@ cdef Py_ssize_t batch_lookup_threads(map_view* m, const char* keys, Py_ssize_t n
 cdef Py_ssize_t batch_update(map_view* m, const char* keys, const char* values, Py_ssize_t n,
                              uint64_t flags, uint32_t copy, int* rc) noexcept nogil
 cdef Py_ssize_t batch_delete(map_view* m, const char* keys, Py_ssize_t n, int* rc) noexcept nogil
+
+
+from shmrcu.maps._maps cimport MapCore
+
+cdef class MapBatch(MapCore):
+    cdef int batch_error(self, int rc, const unsigned char[::1] kv, Py_ssize_t done) except -1

@@ -6,13 +6,22 @@ stops at the first error and reports how many keys it finished.  Lookups in a on
 software-pipelined (keys hashed and home slots prefetched PREFETCH_AHEAD lookups ahead).  A module
 of its own: the specialisations of the pipelined loop (constant key and value sizes) are only
 inlined and folded when the translation unit around them is small.
+
+``MapBatch`` gives every map handle (it is the base class of ``shmrcu.maps.Map``) its
+``lookup_batch`` / ``update_batch`` / ``delete_batch`` methods.
 """
-from libc.stdint cimport uint32_t, uint64_t, int64_t
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.errno cimport EAGAIN
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 
 from shmrcu.core._layout cimport shm_load_relaxed
 from shmrcu.maps._kernels cimport (map_view, PREFETCH_AHEAD, hash_bytes, home_of, slot_at, value_at,
-                                   hash_find_n, mv_find, mv_read, mv_update, mv_delete)
+                                   hash_find_n, mv_find, mv_read, mv_update, mv_delete, advance_epoch)
+from shmrcu.maps._maplayout cimport SHMRCU_ANY, SHMRCU_MAP_ARRAY_OF_MAPS, SHMRCU_MAP_HASH_OF_MAPS
+from shmrcu.maps._maps cimport MapCore
+
+from ..errors import ShmrcuError, UnsupportedOperation
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
@@ -169,3 +178,141 @@ cdef Py_ssize_t batch_delete(map_view* m, const char* keys, Py_ssize_t n, int* r
             rc[0] = r
             return i
     return n
+
+
+# ---------------------------------------------------------------------------
+# the batch methods of every map handle
+
+try:
+    import numpy as _np
+except ImportError:                # numpy is optional: batches then fill bytearrays
+    _np = None
+
+
+
+cdef inline object as_bytes_view(object buf, bint writable, str what):
+    cdef object mv = memoryview(buf)
+    if not mv.c_contiguous:
+        raise ValueError(f"{what} must be a C-contiguous buffer")
+    if writable and mv.readonly:
+        raise ValueError(f"{what} must be a writable buffer")
+    return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv
+
+
+
+cdef class MapBatch(MapCore):
+    """MapCore plus batches over buffers (the base of every ``shmrcu.maps`` handle)."""
+
+    def lookup_batch(self, keys, out=None, *, int threads=1):
+        """Look up every key of the buffer ``keys`` (packed keys, e.g. a numpy array whose
+        itemsize is the key size) without the GIL; values go to ``out`` (allocated when
+        None: a numpy array for one-integer values if numpy is there, else a bytearray).
+        Returns ``out``.  Stops at the first missing key: the error has ``.count``, the
+        number of keys looked up before it.  ``threads > 1`` splits a large batch
+        (>= 16384 keys per thread) over that many threads, all inside the caller's
+        read-side section."""
+        cdef const uint8_t[::1] kv
+        cdef uint8_t[::1] ov
+        cdef Py_ssize_t n, done
+        cdef int rc = 0
+        cdef uint32_t osize
+        self.check(False)
+        kv = as_bytes_view(keys, False, "keys")
+        if kv.shape[0] % self.view.key_size:
+            raise ValueError(f"keys buffer of {kv.shape[0]} bytes is not a whole number of "
+                             f"{self.view.key_size}-byte keys")
+        n = kv.shape[0] // self.view.key_size
+        osize = self.view.value_size
+        if self.view.n_copies > 1:
+            if not (self.value_int and self.view.value_size == 8):
+                raise UnsupportedOperation("lookup_batch on a per-worker map needs a one-field u64 value")
+        if out is None:
+            if _np is not None and self.value_int:
+                out = _np.empty(n, dtype=_np.dtype(self.value_struct.fields[0].code))
+            else:
+                out = bytearray(n * osize)
+        ov = as_bytes_view(out, True, "out")
+        if ov.shape[0] < n * osize:
+            raise ValueError(f"out holds {ov.shape[0]} bytes, {n * osize} needed")
+        if n == 0:
+            return out
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        threads = min(threads, 16, max(1, n // 16384))
+        with nogil:
+            if threads > 1:
+                done = batch_lookup_threads(&self.view, <const char*>&kv[0], n, <char*>&ov[0],
+                                            threads, &rc)
+            else:
+                done = batch_lookup(&self.view, <const char*>&kv[0], n, <char*>&ov[0], &rc)
+        if rc < 0:
+            self.batch_error(rc, kv, done)
+        return out
+
+    def update_batch(self, keys, values, uint64_t flags=SHMRCU_ANY):
+        """Set every key of ``keys`` to the matching packed value of ``values`` (buffers),
+        without the GIL.  Returns the count; stops at the first error (``.count``)."""
+        cdef const uint8_t[::1] kv, vv
+        cdef Py_ssize_t n, done
+        cdef int rc = 0
+        cdef int copy = 0
+        self.check(True)
+        if self.view.kind == SHMRCU_MAP_ARRAY_OF_MAPS or self.view.kind == SHMRCU_MAP_HASH_OF_MAPS:
+            raise UnsupportedOperation("outer maps are updated one inner map at a time")
+        if self.view.n_copies > 1:
+            copy = self.copy_index()
+            if copy < 0:
+                raise ShmrcuError("per-worker update_batch needs a registered reader in this process")
+        kv = as_bytes_view(keys, False, "keys")
+        vv = as_bytes_view(values, False, "values")
+        if kv.shape[0] % self.view.key_size:
+            raise ValueError(f"keys buffer is not a whole number of {self.view.key_size}-byte keys")
+        n = kv.shape[0] // self.view.key_size
+        if vv.shape[0] != n * self.view.value_size:
+            raise ValueError(f"values buffer holds {vv.shape[0]} bytes, {n} values of "
+                             f"{self.view.value_size} bytes needed")
+        if n == 0:
+            return 0
+        with nogil:
+            done = batch_update(&self.view, <const char*>&kv[0], <const char*>&vv[0], n, flags,
+                                <uint32_t>copy, &rc)
+        if rc == -EAGAIN and self.may_synchronize():
+            self.runtime.synchronize()
+            with nogil:
+                done += batch_update(&self.view, <const char*>&kv[done * self.view.key_size],
+                                     <const char*>&vv[done * self.view.value_size], n - done, flags,
+                                     <uint32_t>copy, &rc)
+        if rc < 0:
+            self.batch_error(rc, kv, done)
+        return n
+
+    def delete_batch(self, keys):
+        """Delete every key of the buffer ``keys`` without the GIL.  Returns the count;
+        stops at the first error (``.count``)."""
+        cdef const uint8_t[::1] kv
+        cdef Py_ssize_t n, done
+        cdef int rc = 0
+        self.check(True)
+        kv = as_bytes_view(keys, False, "keys")
+        if kv.shape[0] % self.view.key_size:
+            raise ValueError(f"keys buffer is not a whole number of {self.view.key_size}-byte keys")
+        n = kv.shape[0] // self.view.key_size
+        if n == 0:
+            return 0
+        with nogil:
+            done = batch_delete(&self.view, <const char*>&kv[0], n, &rc)
+            if done and self.view.is_hash:
+                advance_epoch(&self.view)
+        if rc < 0:
+            self.batch_error(rc, kv, done)
+        return n
+
+    cdef int batch_error(self, int rc, const unsigned char[::1] kv, Py_ssize_t done) except -1:
+        cdef uint32_t ks = self.view.key_size
+        raw = PyBytes_FromStringAndSize(<const char*>&kv[done * ks], ks)
+        key = self.key_struct.unpack(raw)
+        try:
+            self.raise_rc(rc, key)
+        except ShmrcuError as e:
+            e.count = done
+            raise

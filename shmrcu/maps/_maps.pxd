@@ -1,5 +1,6 @@
 # MapCore: the map handle core (the dict-like face); the kernels it calls are in _kernels.pxd.
 from libc.stdint cimport uint32_t, uint64_t, int64_t
+from cpython.bytes cimport PyBytes_AS_STRING
 from shmrcu.maps._kernels cimport map_view
 
 
@@ -28,4 +29,8 @@ cdef class MapCore:
     cdef int raise_rc(self, int rc, object key) except -1
     cdef str label(self)
     cdef int run_update(self, const void* key, const void* value, uint64_t flags, uint32_t copy) except? -1
-    cdef int batch_error(self, int rc, const unsigned char[::1] kv, Py_ssize_t done) except -1
+
+
+# Where a packed key/value is: ``small`` for ints packed in place, else the bytes.
+cdef inline const char* buf_ptr(object packed, uint64_t* small):
+    return <const char*>small if packed is None else <const char*>PyBytes_AS_STRING(packed)

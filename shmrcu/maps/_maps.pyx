@@ -1,13 +1,13 @@
 # cython: language_level=3
 """The map handle core (Python level): ``MapCore``, the dict-like face of every map kind.
 
-Conversions between Python objects and the packed keys/values of a map, error mapping, the
-section checks, and batches; the work itself is done by the nogil kernels of ``_kernels``
-(the algorithm essay is at the top of ``_kernels.pyx``; the read side is inlined from
-``_kernels.pxd``).  The kind-specific handle classes live in ``shmrcu.maps``.
+Conversions between Python objects and the packed keys/values of a map, error mapping and
+the section checks; the work itself is done by the nogil kernels of ``_kernels`` (the
+algorithm essay is at the top of ``_kernels.pyx``; the read side is inlined from
+``_kernels.pxd``).  The batch methods are ``MapBatch`` (``_batch.pyx``), and the
+kind-specific handle classes live in ``shmrcu.maps``.
 """
 cimport cython
-import os
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport ENOENT, EEXIST, E2BIG, EINVAL, EPERM, EAGAIN, EINTR, EBUSY
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
@@ -26,7 +26,6 @@ from shmrcu.core._epoch import thread_online as _thread_online
 from ..errors import (IndexOutOfRange, KeyExists, KeyNotFound, MapClosed, MapFull,
                      ReadOnlyMap, ReaderClosed, ShmrcuError, UnsupportedOperation)
 from shmrcu.maps._kernels cimport *
-from shmrcu.maps._batch cimport batch_lookup, batch_lookup_threads, batch_update, batch_delete
 
 ANY = SHMRCU_ANY
 NOEXIST = SHMRCU_NOEXIST
@@ -51,12 +50,6 @@ LAYOUT = {"magic": SHMRCU_MAP_MAGIC, "version": SHMRCU_MAP_LAYOUT_VERSION,
 
 # ---------------------------------------------------------------------------
 # the handle core: dict-like access from Python
-
-try:
-    import numpy as _np
-except ImportError:                # numpy is optional: batches then fill bytearrays
-    _np = None
-
 
 cdef inline int pack_int(object obj, bint signed, uint32_t size, uint64_t* out) except -1:
     cdef int64_t s
@@ -92,19 +85,6 @@ cdef inline object unpack_int(const char* p, bint signed, uint32_t size):
     if size == 2:
         return (<const int16_t*>p)[0] if signed else (<const uint16_t*>p)[0]
     return (<const int8_t*>p)[0] if signed else (<const uint8_t*>p)[0]
-
-
-cdef inline const char* buf_ptr(object packed, uint64_t* small):
-    """Where a packed key/value is: ``small`` for ints packed in place, else the bytes."""
-    return <const char*>small if packed is None else <const char*>PyBytes_AS_STRING(packed)
-
-cdef inline object as_bytes_view(object buf, bint writable, str what):
-    cdef object mv = memoryview(buf)
-    if not mv.c_contiguous:
-        raise ValueError(f"{what} must be a C-contiguous buffer")
-    if writable and mv.readonly:
-        raise ValueError(f"{what} must be a writable buffer")
-    return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv
 
 
 cdef class MapCore:
@@ -580,52 +560,6 @@ cdef class MapCore:
         cdef int64_t e = self.entry_of(key)
         return [self.read_value(e, c) for c in range(self.view.n_copies)]
 
-    def _test_abandon_insert(self, key):
-        """TEST ONLY: claim a slot for ``key``, write it, mark it PENDING and stop
-        there -- what a writer killed in the middle of an insert leaves behind."""
-        cdef uint64_t small, h, ctl = 0
-        cdef int64_t mine
-        self.check(True)
-        if not self.view.is_hash:
-            raise UnsupportedOperation("only hash maps have inserts to abandon")
-        kb = self.key_bytes(key, &small)
-        h = hash_bytes(buf_ptr(kb, &small), self.view.key_size)
-        # relaxed: a real insert reserves its place in the live count first
-        shm_fetch_add_relaxed(&self.view.hdr.count, 1)
-        mine = claim_slot(&self.view, home_of(&self.view, h), tag_of(h),
-                          shm_load_acquire(&self.view.ctl.completed_epoch), &ctl)
-        if mine < 0:
-            raise MapFull("no slot to abandon")
-        memcpy(slot_at(&self.view, <uint64_t>mine) + SHMRCU_SLOT_HDR, buf_ptr(kb, &small),
-               self.view.key_size)
-        # seq_cst: as hash_insert's PENDING store
-        shm_store_seq_cst(<uint64_t*>slot_at(&self.view, <uint64_t>mine),
-                          (ctl & ~STATE_MASK) | S_PENDING)
-        return mine
-
-    def _test_abandon_update(self, key, value):
-        """TEST ONLY: claim ``key``'s value cell, write half of ``value`` into the
-        spare buffer and stop there -- what a writer killed mid-update leaves."""
-        cdef uint64_t small, vsmall, w
-        cdef int64_t e
-        cdef char* cell
-        cdef int copy = 0
-        self.check(True)
-        if not self.view.cells:
-            raise UnsupportedOperation("only maps with whole-value cells have updates to abandon")
-        if self.view.n_copies > 1:
-            copy = max(self.copy_index(), 0)
-        e = self.entry_of(key)
-        vb = self.value_bytes(value, &vsmall)
-        cell = value_at(&self.view, <uint64_t>e, copy)
-        # acquire / acq_rel: as cell_write's claim
-        w = shm_load_acquire(<uint64_t*>cell)
-        if <uint32_t>w != 0 or not shm_cas_acq_rel(<uint64_t*>cell, w, w | <uint64_t>os.getpid()):
-            raise ShmrcuError("the cell is claimed by another writer", errno=EBUSY)
-        memcpy(cell + SHMRCU_CELL_HDR + (((w >> 32) + 1) & 1) * self.view.buf_stride,
-               buf_ptr(vb, &vsmall), self.view.value_size // 2)
-        return e
-
     # -- outer maps: inner ids ------------------------------------------------
     def _lookup_id(self, key):
         """The inner map id at ``key`` (KeyError if empty)."""
@@ -669,121 +603,6 @@ cdef class MapCore:
             if v:
                 out.append(v)
         return out
-
-    # -- batches ----------------------------------------------------------------
-    def lookup_batch(self, keys, out=None, *, int threads=1):
-        """Look up every key of the buffer ``keys`` (packed keys, e.g. a numpy array whose
-        itemsize is the key size) without the GIL; values go to ``out`` (allocated when
-        None: a numpy array for one-integer values if numpy is there, else a bytearray).
-        Returns ``out``.  Stops at the first missing key: the error has ``.count``, the
-        number of keys looked up before it.  ``threads > 1`` splits a large batch
-        (>= 16384 keys per thread) over that many threads, all inside the caller's
-        read-side section."""
-        cdef const uint8_t[::1] kv
-        cdef uint8_t[::1] ov
-        cdef Py_ssize_t n, done
-        cdef int rc = 0
-        cdef uint32_t osize
-        self.check(False)
-        kv = as_bytes_view(keys, False, "keys")
-        if kv.shape[0] % self.view.key_size:
-            raise ValueError(f"keys buffer of {kv.shape[0]} bytes is not a whole number of "
-                             f"{self.view.key_size}-byte keys")
-        n = kv.shape[0] // self.view.key_size
-        osize = self.view.value_size
-        if self.view.n_copies > 1:
-            if not (self.value_int and self.view.value_size == 8):
-                raise UnsupportedOperation("lookup_batch on a per-worker map needs a one-field u64 value")
-        if out is None:
-            if _np is not None and self.value_int:
-                out = _np.empty(n, dtype=_np.dtype(self.value_struct.fields[0].code))
-            else:
-                out = bytearray(n * osize)
-        ov = as_bytes_view(out, True, "out")
-        if ov.shape[0] < n * osize:
-            raise ValueError(f"out holds {ov.shape[0]} bytes, {n * osize} needed")
-        if n == 0:
-            return out
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        threads = min(threads, 16, max(1, n // 16384))
-        with nogil:
-            if threads > 1:
-                done = batch_lookup_threads(&self.view, <const char*>&kv[0], n, <char*>&ov[0],
-                                            threads, &rc)
-            else:
-                done = batch_lookup(&self.view, <const char*>&kv[0], n, <char*>&ov[0], &rc)
-        if rc < 0:
-            self.batch_error(rc, kv, done)
-        return out
-
-    def update_batch(self, keys, values, uint64_t flags=SHMRCU_ANY):
-        """Set every key of ``keys`` to the matching packed value of ``values`` (buffers),
-        without the GIL.  Returns the count; stops at the first error (``.count``)."""
-        cdef const uint8_t[::1] kv, vv
-        cdef Py_ssize_t n, done
-        cdef int rc = 0
-        cdef int copy = 0
-        self.check(True)
-        if self.view.kind == SHMRCU_MAP_ARRAY_OF_MAPS or self.view.kind == SHMRCU_MAP_HASH_OF_MAPS:
-            raise UnsupportedOperation("outer maps are updated one inner map at a time")
-        if self.view.n_copies > 1:
-            copy = self.copy_index()
-            if copy < 0:
-                raise ShmrcuError("per-worker update_batch needs a registered reader in this process")
-        kv = as_bytes_view(keys, False, "keys")
-        vv = as_bytes_view(values, False, "values")
-        if kv.shape[0] % self.view.key_size:
-            raise ValueError(f"keys buffer is not a whole number of {self.view.key_size}-byte keys")
-        n = kv.shape[0] // self.view.key_size
-        if vv.shape[0] != n * self.view.value_size:
-            raise ValueError(f"values buffer holds {vv.shape[0]} bytes, {n} values of "
-                             f"{self.view.value_size} bytes needed")
-        if n == 0:
-            return 0
-        with nogil:
-            done = batch_update(&self.view, <const char*>&kv[0], <const char*>&vv[0], n, flags,
-                                <uint32_t>copy, &rc)
-        if rc == -EAGAIN and self.may_synchronize():
-            self.runtime.synchronize()
-            with nogil:
-                done += batch_update(&self.view, <const char*>&kv[done * self.view.key_size],
-                                     <const char*>&vv[done * self.view.value_size], n - done, flags,
-                                     <uint32_t>copy, &rc)
-        if rc < 0:
-            self.batch_error(rc, kv, done)
-        return n
-
-    def delete_batch(self, keys):
-        """Delete every key of the buffer ``keys`` without the GIL.  Returns the count;
-        stops at the first error (``.count``)."""
-        cdef const uint8_t[::1] kv
-        cdef Py_ssize_t n, done
-        cdef int rc = 0
-        self.check(True)
-        kv = as_bytes_view(keys, False, "keys")
-        if kv.shape[0] % self.view.key_size:
-            raise ValueError(f"keys buffer is not a whole number of {self.view.key_size}-byte keys")
-        n = kv.shape[0] // self.view.key_size
-        if n == 0:
-            return 0
-        with nogil:
-            done = batch_delete(&self.view, <const char*>&kv[0], n, &rc)
-            if done and self.view.is_hash:
-                advance_epoch(&self.view)
-        if rc < 0:
-            self.batch_error(rc, kv, done)
-        return n
-
-    cdef int batch_error(self, int rc, const unsigned char[::1] kv, Py_ssize_t done) except -1:
-        cdef uint32_t ks = self.view.key_size
-        raw = PyBytes_FromStringAndSize(<const char*>&kv[done * ks], ks)
-        key = self.key_struct.unpack(raw)
-        try:
-            self.raise_rc(rc, key)
-        except ShmrcuError as e:
-            e.count = done
-            raise
 
     # -- facts ------------------------------------------------------------------
     @property

@@ -5,6 +5,7 @@ import os
 import time
 
 import shmrcu
+from shmrcu.testing import _hooks
 
 
 def map_then_reader(name: str, cmds, replies) -> None:
@@ -34,7 +35,7 @@ def map_then_reader(name: str, cmds, replies) -> None:
 def abandon_insert_and_die(name: str, map_name: str, key: int) -> None:
     """A writer that dies between claiming a hash slot and publishing it."""
     rt = shmrcu.Runtime.attach(name)
-    rt.map(map_name)._test_abandon_insert(key)
+    _hooks.abandon_insert(rt.map(map_name), key)
     os._exit(0)                             # no cleanup of any kind: as if SIGKILLed
 
 

@@ -9,6 +9,7 @@ from array import array
 import shmrcu
 from shmrcu.maps import _kernels
 from shmrcu.testing import _whole
+from shmrcu.testing import _hooks
 
 
 def _whole_py(v) -> bool:
@@ -75,7 +76,7 @@ def abandon_update_and_die(rt_name: str, map_name: str, key, value, results) -> 
     """Claim ``key``'s cell, write half of ``value``, then die by SIGKILL mid-update."""
     rt = shmrcu.Runtime.attach(rt_name)
     m = rt.map(map_name)
-    m._test_abandon_update(key, value)
+    _hooks.abandon_update(m, key, value)
     results.put(("claimed", os.getpid()))
     time.sleep(0.2)               # let the queue's feeder thread flush
     os.kill(os.getpid(), signal.SIGKILL)
@@ -85,6 +86,6 @@ def abandon_update_and_hang(rt_name: str, map_name: str, key, value, results) ->
     """Claim ``key``'s cell and stay alive holding it (a stopped writer)."""
     rt = shmrcu.Runtime.attach(rt_name)
     m = rt.map(map_name)
-    m._test_abandon_update(key, value)
+    _hooks.abandon_update(m, key, value)
     results.put(("claimed", os.getpid()))
     time.sleep(600)

@@ -9,6 +9,7 @@ import pytest
 import shmrcu
 
 import _map_procs
+from shmrcu.testing import _hooks
 
 
 def _run(procs, target, args_per_proc, timeout=120):
@@ -138,7 +139,7 @@ def test_insert_behind_a_dead_writers_half_insert_gives_up_with_a_clear_error(ru
     import time
 
     m = runtime.create_map("hash", key="I", value="Q", max_entries=64)
-    m._test_abandon_insert(7)          # the state a SIGKILLed inserter of key 7 leaves
+    _hooks.abandon_insert(m, 7)          # the state a SIGKILLed inserter of key 7 leaves
     m[8] = 1                           # other keys are unaffected
     t0 = time.monotonic()
     with pytest.raises(shmrcu.ShmrcuError, match="never finished") as exc:
@@ -155,7 +156,7 @@ def test_full_map_waits_for_inserts_in_flight(runtime):
 
     m = runtime.create_map("hash", key="I", value="Q", max_entries=2)
     m[1] = 1
-    m._test_abandon_insert(2)          # an insert of key 2 in flight (here: never finishing)
+    _hooks.abandon_insert(m, 2)          # an insert of key 2 in flight (here: never finishing)
     for key in (2, 3):
         with pytest.raises(shmrcu.ShmrcuError, match="never finished") as exc:
             m[key] = 5                 # not MapFull: it waits for that insert, then gives up

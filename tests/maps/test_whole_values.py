@@ -21,6 +21,7 @@ from shmrcu.errors import ShmrcuError, UnsupportedOperation, InvalidMapSpec
 from shmrcu.maps import _kernels
 
 import _whole_procs
+from shmrcu.testing import _hooks
 
 N_KEYS = 4
 
@@ -132,7 +133,7 @@ def test_zombie_writer_is_dead_too(runtime):
     pid = os.fork()
     if pid == 0:                                      # child: claim mid-update, then die
         try:
-            m._test_abandon_update(1, (2, 2))
+            _hooks.abandon_update(m, 1, (2, 2))
             os.write(w, b"c")
         finally:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -180,7 +181,7 @@ def test_stale_claim_in_our_own_pid_is_taken_over(runtime):
     pid we were given.  The next update takes it over instead of waiting for itself."""
     m = runtime.create_map("hash", key="I", value="QQ", max_entries=8, name="w")
     m[1] = (1, 1)
-    m._test_abandon_update(1, (2, 2))
+    _hooks.abandon_update(m, 1, (2, 2))
     m[1] = (3, 3)
     assert m[1] == (3, 3)
 
@@ -225,7 +226,7 @@ def test_whole_values_option_is_checked(runtime):
     with pytest.raises(InvalidMapSpec, match="inner map ids"):
         runtime.create_map("array_of_maps", max_entries=4, inner=a, whole_values=True)
     with pytest.raises(UnsupportedOperation):
-        a._test_abandon_update(1, (1, 1))
+        _hooks.abandon_update(a, 1, (1, 1))
 
 
 def test_memory_per_entry_at_most_doubled(runtime):
