@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from .core import segment as seg
+from .core._control import drop_writer_mark, hold_writer_mark
 from .core._epoch import SECTIONS_FENCE, SECTIONS_MEMBARRIER, ControlBlock, Reader, membarrier_register
 from .errors import (ControllerBusy, CorruptSegment, NotController, OutOfSharedMemory, ReaderClosed, RuntimeExists,
                      RuntimeNotFound, ShmrcuError)
@@ -66,6 +67,9 @@ class Runtime:
         self._segment = segment
         self.__control = control
         self._pid = os.getpid()
+        # this process's writer mark (whole-value writers tell the living from the dead by it)
+        hold_writer_mark(self.name, segment.fd, segment.path)
+        self._mark_pid = self._pid
         self._needs_attach = False
         self._attach_lock = threading.Lock()
         self._readers: weakref.WeakSet[Reader] = weakref.WeakSet()
@@ -125,6 +129,7 @@ class Runtime:
             fresh._housekeeper_thread.join()
             self._bind_control(fresh._segment, fresh._Runtime__control)
             fresh._closed = True                     # its parts are ours now
+            drop_writer_mark(self.name)              # (its mark count too: ours holds it)
 
     def _add_handle(self, handle) -> None:
         with self._handles_lock:
@@ -280,6 +285,8 @@ class Runtime:
             self._closed = True
             self._segment.close()
             self.__control.detach()            # late uses raise ReaderClosed, never fault
+            if self._mark_pid == os.getpid():
+                drop_writer_mark(self.name)
 
     def destroy(self) -> list[str]:
         """Unlink every segment of this runtime (the controller's job); returns their names."""

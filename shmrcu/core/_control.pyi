@@ -3,6 +3,9 @@ from typing import Any
 
 from ._segment import Mapping
 
+def hold_writer_mark(name: str, segment_fd: int, path: str) -> None: ...
+def drop_writer_mark(name: str) -> None: ...
+
 class ControlSegment:
     owner_pid: int
     def __init__(self, mapping: Mapping, check_fd: int, lock_path: str | None = ...) -> None: ...

@@ -33,6 +33,59 @@ def _disown_after_fork():
     for cb in list(_control_blocks):
         cb.disown()
     _control_blocks.clear()
+    _writer_marks.clear()        # their descriptors were closed (own_fd); the marks stay the parent's
+
+
+# ---- writer marks ---------------------------------------------------------
+# Every process attached to a runtime holds the OFD lock byte
+# SHMRCU_LOCK_WRITER_BASE + its pid on the control segment's file, through a
+# description of its own, for as long as any of its Runtime objects is open.  A
+# map writer that finds a whole-value cell claimed by pid P asks whether P's mark
+# is held: if not, P died (or detached) mid-update and the claim may be taken over.
+# One mark per process and runtime, counted: several Runtime objects of one runtime
+# in one process share it, and it goes when the last one closes.
+_writer_marks = {}               # runtime name -> [fd, users]
+
+
+def hold_writer_mark(str name, int segment_fd, str path):
+    """Take (or count one more user of) this process's writer mark on runtime ``name``,
+    whose control segment is open on ``segment_fd`` (and named ``path`` in /dev/shm)."""
+    cdef int fd, r
+    mark = _writer_marks.get(name)
+    if mark is not None:
+        mark[1] += 1
+        return
+    # a description of our own, of the very file we attached to: /proc/self/fd when
+    # there is a /proc, else the name -- checked to be the same file (not a runtime
+    # destroyed and re-created meanwhile, whose mark would say nothing about us)
+    try:
+        fd = os.open(f"/proc/self/fd/{segment_fd}", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    a, b = os.fstat(fd), os.fstat(segment_fd)
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+        os.close(fd)
+        raise CorruptSegment(f"runtime {name!r} was destroyed and re-created while this process "
+                             "attached to it: attach again")
+    _seg.own_fd(fd)
+    r = shm_ofd_lock(fd, SHMRCU_LOCK_WRITER_BASE + getpid())
+    if r not in (0, -11, -13):
+        _seg.close_owned_fd(fd)
+        raise OSError(-r, f"writer mark of runtime {name!r}: " + os.strerror(-r))
+    # EAGAIN/EACCES: a process of another pid namespace with our pid number holds the
+    # byte; writers then see our claims as alive (safe), never as dead
+    _writer_marks[name] = [fd, 1]
+
+
+def drop_writer_mark(str name):
+    """One user fewer of this process's writer mark on ``name``; the last one releases it."""
+    mark = _writer_marks.get(name)
+    if mark is None:
+        return
+    mark[1] -= 1
+    if mark[1] <= 0:
+        del _writer_marks[name]
+        _seg.close_owned_fd(mark[0])
 
 
 _seg.at_fork_in_child(_disown_after_fork)

@@ -31,6 +31,11 @@
  * the data, so they may lie inside or beyond the segment. */
 #define SHMRCU_LOCK_SLOT_BASE 0              /* + slot index: held by the slot's owner */
 #define SHMRCU_LOCK_CONTROLLER (1ll << 40)   /* held by the controller (lease) */
+/* + pid: the "writer mark", held by every process attached to the runtime, so a
+ * writer that finds a map value claimed by pid P can tell whether P is still
+ * attached (alive) -- the kernel drops the mark at death; PID reuse by a process
+ * that is not attached cannot fake it. */
+#define SHMRCU_LOCK_WRITER_BASE (1ll << 41)
 
 typedef struct {
     /* --- identity and geometry: written once at creation, read-only after */

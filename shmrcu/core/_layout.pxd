@@ -14,6 +14,7 @@ cdef extern from "_layout.h" nogil:
     int SHMRCU_SLOT_ACTIVE
     int64_t SHMRCU_LOCK_SLOT_BASE
     int64_t SHMRCU_LOCK_CONTROLLER
+    int64_t SHMRCU_LOCK_WRITER_BASE
 
     ctypedef struct control_header:
         uint64_t magic

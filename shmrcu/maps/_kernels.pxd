@@ -53,6 +53,7 @@ cdef struct map_view:
     uint8_t is_hash
     uint8_t writable
     uint8_t cells            # values are double-buffered cells (_maplayout.h)
+    int probe_fd             # the runtime's control segment: probes writer marks (_layout.h)
 
 # slot states (_maplayout.h), under the short names the kernels use
 cdef extern from "_maplayout.h" nogil:
@@ -97,9 +98,12 @@ cdef uint64_t mv_lookup_id(map_view* m, const void* key) noexcept nogil
 cdef int mv_write_at(map_view* m, uint64_t e, uint32_t copy, const void* value) noexcept nogil
 # Key hash (the same for every process and every map).
 cdef uint64_t mv_hash(const void* key, uint32_t n) noexcept nogil
-# Map-internal (MapCore): slot claim.  The batch loops are in _batch.pxd.
+# Map-internal (MapCore, test hooks): slot claim, the whole-value cell writer (0,
+# RETRY when ``slot`` no longer reads ``seen``, or -EBUSY).  The batch loops are in _batch.pxd.
 cdef int64_t claim_slot(map_view* m, uint64_t home, uint64_t tag, uint64_t completed,
                         uint64_t* claimed_ctl) noexcept nogil
+cdef int cell_write(map_view* m, char* cell, const void* src, const uint64_t* slot,
+                    uint64_t seen) noexcept nogil
 
 
 # ---------------------------------------------------------------------------

@@ -52,22 +52,35 @@ value is buffer ``version & 1`` (layout in _maplayout.h).
   of one cell are serialized by the claim; an update of a hash key re-checks,
   once it holds the claim, that the slot still holds the key it found (the
   generation in ``ctl``), else it lets go and starts over.
-* A reader never waits: it loads the word (acquire), copies the current buffer,
-  fences (acquire) and re-loads the word.  The copy is whole unless a writer can
-  have written that buffer meanwhile, i.e. unless the version moved twice, or
-  once with a next writer already claiming (``cell_copy_whole``); then it
-  copies again.  Readers never write, so they need no lock and take none.
+* A reader never waits for a writer: it loads the word (acquire), copies the
+  current buffer, fences (acquire) and re-loads the word.  The copy is whole
+  unless a writer can have written that buffer meanwhile, i.e. unless the
+  version moved twice, or once with a next writer already claiming
+  (``cell_copy_whole``); then it copies again.  Readers never write, so they
+  need no lock and take none (lock-free, not wait-free: a stream of updates to
+  one large value can make a reader copy several times).
 * A writer that dies holding the claim leaves ``(v, dead pid)``: buffer ``v & 1``
   is untouched, so readers keep copying the old value, whole.  The next writer,
-  seeing the claim held for a while, checks the pid (``kill(pid, 0)`` and a
-  zombie check in /proc) and, if it is dead, takes the claim over with a CAS:
-  the key stays updatable.  A live writer that holds a claim over 1 s makes
-  other writers give up with -EBUSY (a stopped process, say).
+  seeing the claim held, asks whether that pid's *writer mark* is held -- an OFD
+  lock byte on the control segment that every attached process holds and the
+  kernel drops at its death (_layout.h; PID reuse by a process that is not
+  attached cannot fake it) -- and if it is not, takes the claim over with a CAS:
+  the key stays updatable.  A claim in our own pid is taken over only after 1 s
+  and only if no other thread of ours is writing (a dead process whose pid we
+  got).  A live writer that holds a claim over 1 s makes other writers give up
+  with -EBUSY (a stopped process, say).  A writer that lets a claim go without
+  publishing (its key was deleted meanwhile) moves the version on by two: the
+  current buffer stays, and readers that overlapped a dead writer's half write
+  to the spare buffer copy again.
+* Versions are 32 bits: a reader would have to stall inside one copy for 2^32
+  updates of that one value to be fooled.
 * ``add`` adds in place to the current buffer with an atomic fetch-add per u64
   field: each field's add is atomic; a multi-field add is one add per field, so
-  a reader may see some of its fields added and not yet the others; an add that
-  races with an update of the same key may land in the buffer that update
-  replaces (as if it came before the update).
+  a reader may see some of its fields added and not yet the others.  An add that
+  races with an update of the same key lands in the buffer that update replaces
+  (as if it came before it) or in the one it is filling (after it, if the
+  update's copy of that field came first; the add's return value may then show
+  the update's value before it is published).
 * ``mv_value`` returns the current buffer: a program may use the pointer for a
   batch while nobody updates the key; ``mv_read`` copies a whole value out.
 
@@ -88,7 +101,8 @@ from shmrcu.core._layout cimport (control_header, worker_slot, SHMRCU_SECTIONS_M
                              SHM_MEMBARRIER_CMD_GLOBAL_EXPEDITED, shm_membarrier, shm_load_acquire, shm_load_relaxed, shm_load_seq_cst,
                              shm_store_release, shm_store_relaxed, shm_store_seq_cst, shm_xchg_seq_cst,
                              shm_fetch_add_relaxed, shm_cas_acq_rel, shm_cas_seq_cst, shm_cpu_relax,
-                             shm_fence_release, shm_compiler_barrier,
+                             shm_fence_release, shm_compiler_barrier, shm_ofd_held,
+                             SHMRCU_LOCK_WRITER_BASE,
                              shm_fence_seq_cst, shm_monotonic_ns)
 from shmrcu.maps._maplayout cimport *
 from shmrcu.core._epoch cimport updater_membarrier
@@ -126,7 +140,9 @@ cdef extern from *:
     static int shmrcu_register_pid_forget(void) {
         return pthread_atfork(NULL, NULL, shmrcu_pid_forget);
     }
-    /* Is process ``pid`` alive?  A zombie (killed, not yet reaped) is not. */
+    /* Fallback liveness (the writer-mark probe failed): dead only when kill()
+     * says there is no such process, or /proc shows a zombie; anything
+     * unreadable counts as alive (a wrong "dead" would let two writers in). */
     static int shmrcu_pid_alive(uint32_t pid) {
         char path[48], buf[512];
         const char *p;
@@ -135,7 +151,7 @@ cdef extern from *:
         if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return 0;
         snprintf(path, sizeof path, "/proc/%u/stat", pid);
         fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) return errno == ENOENT ? 0 : 1;
+        if (fd < 0) return 1;
         n = read(fd, buf, sizeof buf - 1);
         close(fd);
         if (n <= 0) return 1;
@@ -222,13 +238,19 @@ cdef inline bint claim_cell(char* cell, uint64_t* word) noexcept nogil:
     word[0] = shm_load_acquire(<uint64_t*>cell)
     return False
 
-cdef inline bint owner_gone(uint32_t owner) noexcept nogil:
-    """Is the writer ``owner`` that holds a claim dead (slow path only)?"""
+cdef bint owner_gone(map_view* m, uint32_t owner, bint waited_long) noexcept nogil:
+    """Is the writer ``owner`` that holds a claim gone (slow path only)?  Its writer
+    mark tells (_layout.h): every process attached to the runtime holds one."""
+    cdef int r
     if owner == shmrcu_self_pid():
-        # our own pid: a thread of ours is writing -- unless we are the only writer
-        # here, and the claim is a dead process's whose pid we got
-        return shmrcu_cell_writers_now() <= 1
-    return not shmrcu_pid_alive(owner)
+        # our own pid: a thread of ours is writing -- unless no other thread of ours
+        # is, and the claim is a dead process's whose pid we got.  Only after a long
+        # wait: a process of another pid namespace may share our pid number.
+        return waited_long and shmrcu_cell_writers_now() <= 1
+    r = shm_ofd_held(m.probe_fd, SHMRCU_LOCK_WRITER_BASE + owner)
+    if r >= 0:
+        return r == 0
+    return not shmrcu_pid_alive(owner)   # probe failed: the conservative fallback
 
 cdef int cell_write(map_view* m, char* cell, const void* src, const uint64_t* slot,
                     uint64_t seen) noexcept nogil:
@@ -244,7 +266,7 @@ cdef int cell_write_claimed(map_view* m, char* cell, const void* src, const uint
     hash slot's ctl as the caller found it LIVE (re-checked once we hold the claim;
     RETRY if it changed), or NULL.  0, RETRY, or -EBUSY."""
     cdef uint64_t w, done
-    cdef uint32_t owner, spins = 0
+    cdef uint32_t owner, last_owner = 0, spins = 0
     cdef uint64_t since = 0
     cdef char* buf
     if _torn_writes:                  # test switch: in place, field by field, no protocol
@@ -254,12 +276,16 @@ cdef int cell_write_claimed(map_view* m, char* cell, const void* src, const uint
     w = shm_load_acquire(<uint64_t*>cell)
     while True:
         owner = <uint32_t>w
-        if owner == 0 or (spins >= 128 and spins & 63 == 0 and owner_gone(owner)):
+        if owner == 0 or (spins >= 128 and spins & 63 == 0 and owner_gone(m, owner, False)):
             if claim_cell(cell, &w):
                 break
             continue
+        if owner != last_owner:       # a new writer holds it: the stall clock starts over
+            last_owner = owner
+            spins = 0
+            since = 0
         if backoff(&spins, &since):
-            if owner_gone(owner) and claim_cell(cell, &w):
+            if owner_gone(m, owner, True) and claim_cell(cell, &w):
                 break
             return -EBUSY
         # acquire: as above
@@ -270,9 +296,14 @@ cdef int cell_write_claimed(map_view* m, char* cell, const void* src, const uint
     # acquire: the slot still holds the key we found (else a delete, and maybe a new
     # insert, happened since: let go and let the caller look again)
     if slot != NULL and shm_load_acquire(slot) != seen:
-        # release: gives the claim back, version unchanged
-        shm_store_release(<uint64_t*>cell, w & 0xffffffff00000000ULL)
-        return RETRY
+        # Give the claim back at version + 2: the current buffer stays the same, but a
+        # claim we took over from a dead writer may have left half a value in the spare
+        # buffer, which a reader that started before (at version - 1) may be copying --
+        # its re-check must not see "one version later, no writer".  seq_cst CAS: as
+        # the publish below.
+        if shm_cas_seq_cst(<uint64_t*>cell, w, ((w >> 32) + 2) << 32):
+            return RETRY
+        return -EBUSY
     buf = cell + SHMRCU_CELL_HDR + (((w >> 32) + 1) & 1) * m.buf_stride
     if src == NULL:
         memset(buf, 0, m.value_size)

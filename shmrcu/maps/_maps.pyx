@@ -122,6 +122,7 @@ cdef class MapCore:
         self.view.copy_stride = h.copy_stride
         self.view.is_hash = shmrcu_kind_is_hash(h.kind)
         self.view.cells = shmrcu_map_has_cells(h)
+        self.view.probe_fd = control.check_fd
         self.view.buf_stride = <uint32_t>shmrcu_round_up(h.value_size, 8)
         lg = 0
         while self.view.is_hash and (<uint64_t>1 << lg) < h.capacity:

@@ -60,6 +60,13 @@ def reader(rt_name: str, map_name: str, n_keys: int, mode: str, reads: int, read
                         if not _whole_py(v):
                             torn += 1
                 done += n_keys
+        elif mode == "dump":                  # `shmrcu map dump`'s data, as the CLI prints it
+            from shmrcu.cli import ops
+            while done < reads:
+                for e in ops.map_dump(rt_name, map_name)["entries"]:
+                    if len(set(e["value"])) > 1:
+                        torn += 1
+                    done += 1
         elif mode == "items":
             while done < reads:
                 with r.section():

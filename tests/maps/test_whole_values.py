@@ -2,7 +2,7 @@
 
 A writer process rewrites values whose fields are all equal as fast as it can; reader
 processes read them every way there is (Python per call, ``get``, ``lookup_batch``, the
-C API, ``items()``) and count values whose fields differ.  With the protection switched
+C API, ``items()``, ``shmrcu map dump``'s data) and count values whose fields differ.  With the protection switched
 off in the writer (``_kernels._set_torn_writes``) the same test finds torn values.  A
 writer SIGKILLed mid-update (dead and reaped, or still a zombie) leaves the old value
 readable and the key updatable; a live writer that sits on its claim makes other writers
@@ -29,7 +29,7 @@ N_KEYS = 4
 CASES = {
     "hash-QQQQ": ("hash", "QQQQ", {}, False,
                   {"kernel": 5_000_000, "batch": 5_000_000, "python": 100_000, "get": 50_000,
-                   "items": 20_000}),
+                   "items": 20_000, "dump": 1_000}),
     "hash-32s": ("hash", "32s", {}, True,
                  {"kernel": 5_000_000, "batch": 5_000_000, "python": 100_000, "items": 20_000}),
     "per_worker_hash-QQQQ": ("per_worker_hash", "QQQQ", {}, False,
@@ -240,3 +240,55 @@ def test_memory_per_entry_at_most_doubled(runtime):
     # one-word values keep their layout
     assert _mapheader.segment_size(_maps.KIND_HASH, 4, 8, 1000, 1, 0) == \
         _mapheader.segment_size(_maps.KIND_HASH, 4, 8, 1000, 1, _maps.F_WHOLE_VALUES)
+
+
+def test_claim_of_a_live_process_that_is_not_attached_is_taken_over(runtime):
+    """Writers tell the living from the dead by the writer mark, not the pid: a claim in the
+    name of a live process that is not attached to the runtime (a dead writer's pid, reused
+    by an unrelated process) is taken over at once."""
+    import subprocess
+    m = runtime.create_map("hash", key="I", value="QQ", max_entries=8, name="w")
+    m[1] = (1, 1)
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        _hooks.forge_claim(m, 1, stranger.pid)
+        assert _hooks.cell_word(m, 1)[1] == stranger.pid
+        t0 = time.monotonic()
+        m[1] = (2, 2)
+        assert time.monotonic() - t0 < 0.5
+        assert m[1] == (2, 2) and _hooks.cell_word(m, 1)[1] == 0
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_claim_of_an_attached_live_process_is_never_taken_over(runtime, procs):
+    """...while the claim of a live process attached to the runtime is respected (EBUSY),
+    even if its pid is not a process this one could signal or see in /proc."""
+    m = runtime.create_map("hash", key="I", value="QQ", max_entries=8, name="w")
+    m[1] = (1, 1)
+    results = procs.ctx.Queue()
+    procs.start(_whole_procs.abandon_update_and_hang, runtime.name, "w", 1, (2, 2), results)
+    pid = _wait_claimed(results)
+    assert _hooks.cell_word(m, 1)[1] == pid
+    with pytest.raises(ShmrcuError) as ei:
+        m[1] = (3, 3)
+    assert ei.value.errno == errno.EBUSY
+    assert m[1] == (1, 1)
+
+
+def test_claim_let_go_after_a_takeover_moves_the_version_by_two(runtime, procs):
+    """An update that took over a dead writer's claim and then finds its key deleted gives
+    the claim back at version + 2: readers that overlapped the dead writer's half-written
+    spare buffer must not accept their copy as "one version later, no writer"."""
+    m = runtime.create_map("hash", key="I", value="QQQQ", max_entries=8, name="w")
+    m[3] = (7, 7, 7, 7)
+    results = procs.ctx.Queue()
+    p = procs.start(_whole_procs.abandon_update_and_die, runtime.name, "w", 3, (9, 9, 9, 9), results)
+    _wait_claimed(results)
+    p.join(30)
+    (v0, owner0), (v1, owner1), retried = _hooks.stale_update(m, 3, (8, 8, 8, 8))
+    assert owner0 != 0 and retried
+    assert (v1, owner1) == ((v0 + 2) & 0xffffffff, 0)
+    m[3] = (5, 5, 5, 5)                               # the key is insertable again, whole
+    assert m[3] == (5, 5, 5, 5)
