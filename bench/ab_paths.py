@@ -11,22 +11,10 @@ not the wait), ``outer[0]`` from a non-controller runtime inside a section (the
 section guard's cost), and ``m[k]`` inside a section (must not change).
 """
 import os
-import statistics
-import time
 
 import shmrcu
+from _ab import per_call_ns, report
 
-ROUNDS = 9
-
-
-def per_call_ns(fn, n):
-    samples = []
-    for _ in range(ROUNDS):
-        t0 = time.perf_counter_ns()
-        for i in range(n):
-            fn(i)
-        samples.append((time.perf_counter_ns() - t0) / n)
-    return statistics.median(samples), min(samples), max(samples)
 
 
 def main():
@@ -48,8 +36,7 @@ def main():
             rows.append(("m[k] in a section", per_call_ns(lambda i: inner[1], 20000)))
         r.close()
         other.close()
-        for label, (med, lo, hi) in rows:
-            print(f"{label:34s} median {med:8.0f} ns  (range {lo:.0f}-{hi:.0f})")
+        report(rows)
     finally:
         rt.destroy()
 

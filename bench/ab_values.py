@@ -12,24 +12,12 @@ Reports the median (and range) over 9 rounds of, for each value format:
 and ``update_batch`` of 4096 existing keys (per key).  Maps: hash, key "I", 4096 keys.
 """
 import os
-import statistics
-import time
 from array import array
 
 import shmrcu
+from _ab import per_call_ns, report
 
-ROUNDS = 9
 KEYS = 4096
-
-
-def per_call_ns(fn, n, per=1):
-    samples = []
-    for _ in range(ROUNDS):
-        t0 = time.perf_counter_ns()
-        for i in range(n):
-            fn(i)
-        samples.append((time.perf_counter_ns() - t0) / (n * per))
-    return statistics.median(samples), min(samples), max(samples)
 
 
 def rows_for(rt, r, fmt):
@@ -68,9 +56,7 @@ def main():
         r = rt.reader()
         rows = rows_for(rt, r, "Q") + rows_for(rt, r, "QQQQ")
         r.close()
-        print(f"shmrcu from {os.path.dirname(shmrcu.__file__)}")
-        for label, (med, lo, hi) in rows:
-            print(f"{label:36s} median {med:8.1f} ns  (range {lo:.1f}-{hi:.1f})")
+        report(rows)
     finally:
         rt.destroy()
 

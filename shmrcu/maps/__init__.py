@@ -477,9 +477,9 @@ def _validate(rt, kind, key, value, max_entries, name, inner, worker_readonly, w
         raise _spec_error(f"key format {key!r} is {kf.size} bytes; at most {MAX_KEY_SIZE}", _errno.E2BIG)
     if vf.size > MAX_VALUE_SIZE:
         raise _spec_error(f"value format {value!r} is {vf.size} bytes; at most {MAX_VALUE_SIZE}", _errno.E2BIG)
-    if code in _PER_WORKER and not vf.all_int:
+    if code in _PER_WORKER and not (vf.all_int and vf.native_order):
         raise _spec_error(f"{kind} values are summed across workers: value format {value!r} "
-                          f"must have integer fields only")
+                          f"must have integer fields only, in native byte order")
     flags = _maps.F_WORKER_READONLY if worker_readonly else 0
     if code in _OUTERS:
         if whole_values:

@@ -2,9 +2,15 @@
 
 Formats use native alignment (``"@"``, the default, like a C struct) so that
 u64 fields sit on 8-byte boundaries, where an atomic add is a single
-instruction.  ``"="`` and ``"<"`` (little-endian standard sizes) are accepted
-too; big-endian prefixes are refused because atomic adds and per-worker sums
-work on native integers.
+instruction.  Every ``struct`` byte order is honoured: ``"="``, ``"<"``, ``">"``
+and ``"!"`` (network order: keys straight from sockets or numpy ``">u4"``
+arrays).  Atomic adds and per-worker sums need native integers, so ``add()``
+refuses fields of a foreign byte order and per-worker maps refuse such values.
+
+``s`` fields take ``bytes`` of exactly their length, or ``str``: UTF-8, padded
+with NUL bytes to the length (longer: refused).  They read back as ``bytes``,
+padding included.  Anything else -- a 3-byte key for ``"4s"``, text that can
+never fit -- is refused with ``TypeError``: two different keys never collide.
 """
 from __future__ import annotations
 
@@ -19,7 +25,9 @@ FORMAT_MAX = 47               # bytes of text; the header stores it NUL-terminat
 INT_CODES = "bBhHiIlLqQnN"
 U64_CODES = "Qq"              # fields that support atomic per-field add
 _TOKEN = re.compile(r"\s*(\d*)([xcbB?hHiIlLqQnNefdsp])\s*")
-_PREFIXES = ("@", "=", "<") if sys.byteorder == "little" else ("@", "=")
+_PREFIXES = "@=<>!"
+# prefixes whose integers are in this machine's byte order
+_NATIVE_ORDER = ("@", "=", "<") if sys.byteorder == "little" else ("@", "=", ">", "!")
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,12 @@ class Format:
     size: int
     fields: tuple[Field, ...]
     struct: struct.Struct
+    str_fields: tuple[int, ...] = ()     # indices of ``s`` fields (checked when packing)
+
+    @property
+    def native_order(self) -> bool:
+        """Integers in this machine's byte order (atomic adds, per-worker sums)."""
+        return (self.text[0] if self.text[0] in _PREFIXES else "@") in _NATIVE_ORDER
 
     @property
     def nfields(self) -> int:
@@ -43,7 +57,7 @@ class Format:
     @property
     def single_int(self) -> bool:
         """One native integer field: the fast paths convert it without ``struct``."""
-        return self.nfields == 1 and self.fields[0].code in INT_CODES and not self.text.startswith(("=", "<"))
+        return self.nfields == 1 and self.fields[0].code in INT_CODES and not self.text.startswith(("=", "<", ">", "!"))
 
     @property
     def signed(self) -> bool:
@@ -55,11 +69,34 @@ class Format:
 
     @property
     def u64_offsets(self) -> tuple[int, ...]:
-        """Offsets of every field, or -1 for fields that are not 8-byte-aligned u64s."""
-        return tuple(f.offset if f.code in U64_CODES and f.offset % 8 == 0 else -1 for f in self.fields)
+        """Offsets of every field, or -1 for fields that are not 8-byte-aligned native u64s."""
+        return tuple(f.offset if f.code in U64_CODES and f.offset % 8 == 0 and self.native_order else -1
+                     for f in self.fields)
 
     def pack(self, item) -> bytes:
+        if self.str_fields:
+            item = self._fit_strings(item)
         return self.struct.pack(*item) if self.nfields > 1 else self.struct.pack(item)
+
+    def _fit_strings(self, item):
+        """``s`` fields: bytes of exactly the field's length, or str (UTF-8, NUL-padded)."""
+        items = list(item) if self.nfields > 1 else [item]
+        if len(items) != self.nfields:
+            return item                      # struct reports the count mismatch
+        for i in self.str_fields:
+            v, n = items[i], self.fields[i].size
+            if isinstance(v, str):
+                b = v.encode("utf-8")
+                if len(b) > n:
+                    raise TypeError(f"{v!r} is {len(b)} bytes in UTF-8; field {i} ('{n}s') holds {n}")
+                items[i] = b.ljust(n, b"\0")
+            elif isinstance(v, (bytes, bytearray, memoryview)):
+                if len(v) != n:
+                    raise TypeError(f"{bytes(v)!r} is {len(v)} bytes; field {i} ('{n}s') needs exactly "
+                                    f"{n} (pad it yourself, or pass a str to have it NUL-padded)")
+            else:
+                raise TypeError(f"field {i} ('{n}s') takes bytes or str, got {type(v).__name__}")
+        return items if self.nfields > 1 else items[0]
 
     def unpack(self, data):
         vals = self.struct.unpack(data)
@@ -73,9 +110,6 @@ def parse(text: object, what: str) -> Format:
     if not text or len(text.encode()) > FORMAT_MAX or not text.isascii():
         raise InvalidMapSpec(f"{what} format {text!r} must be 1-{FORMAT_MAX} ASCII characters")
     prefix, body = (text[0], text[1:]) if text[0] in "@=<>!" else ("@", text)
-    if prefix not in _PREFIXES:
-        raise InvalidMapSpec(f"{what} format {text!r}: byte order {prefix!r} is not supported "
-                             f"(use native '@', '=' or '<')")
     try:
         st = struct.Struct(text)
     except struct.error as e:
@@ -104,4 +138,5 @@ def parse(text: object, what: str) -> Format:
                 fields.append(Field(code, end - size, size))
     if st.size == 0 or not fields:
         raise InvalidMapSpec(f"{what} format {text!r} describes no data (size 0)")
-    return Format(text, st.size, tuple(fields), st)
+    return Format(text, st.size, tuple(fields), st,
+                  tuple(i for i, f in enumerate(fields) if f.code == "s"))

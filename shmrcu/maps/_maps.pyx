@@ -359,10 +359,9 @@ cdef class MapCore:
         cdef int64_t e
         cdef object kb
         self.check(False)
-        try:
-            kb = self.key_bytes(key, &small)
-        except (TypeError, OverflowError):
-            return False
+        # a key that can never match the format raises, as m[key] does: in a
+        # blocklist a False would read "never blocked"
+        kb = self.key_bytes(key, &small)
         e = mv_find(&self.view, buf_ptr(kb, &small))
         return e >= 0
 

@@ -20,7 +20,11 @@ def test_hash_dict_api(runtime):
     m[1] = 10
     m[2] = 20
     assert m[1] == 10 and m.get(2) == 20 and m.get(3) is None and m.get(3, "x") == "x"
-    assert 1 in m and 3 not in m and -1 not in m and "a" not in m
+    assert 1 in m and 3 not in m
+    with pytest.raises(OverflowError):              # can never be a key: as m[-1] says
+        -1 in m
+    with pytest.raises(TypeError):
+        "a" in m
     assert len(m) == 2 and sorted(m.keys()) == [1, 2] and sorted(m.items()) == [(1, 10), (2, 20)]
     assert sorted(m.values()) == [10, 20] and sorted(m) == [1, 2]
     m[1] = 11
@@ -98,14 +102,16 @@ def test_array_semantics(runtime):
 
 def test_formats_bytes_keys_and_tuples(runtime):
     m = runtime.create_map("hash", key="16s", value="IQd", max_entries=32)
-    m[b"alpha"] = (1, 2, 0.5)
-    assert m[b"alpha"] == (1, 2, 0.5)
-    assert m[b"alpha" + bytes(11)] == (1, 2, 0.5)   # struct pads short bytes with zeros
+    m["alpha"] = (1, 2, 0.5)                        # str: UTF-8, NUL-padded to 16
+    assert m["alpha"] == (1, 2, 0.5)
+    assert m[b"alpha" + bytes(11)] == (1, 2, 0.5)   # bytes: exactly 16
+    with pytest.raises(TypeError):
+        m[b"alpha"] = (1, 2, 0.5)                   # short bytes are never padded silently
     with pytest.raises(TypeError):
         m[123] = (1, 2, 0.5)
     with pytest.raises(UnsupportedOperation):
-        m.add(b"alpha", (1, 1, 0))                  # I is not a u64 field
-    assert m.add(b"alpha", (0, 5, 0)) == (1, 7, 0.5)
+        m.add("alpha", (1, 1, 0))                   # I is not a u64 field
+    assert m.add("alpha", (0, 5, 0)) == (1, 7, 0.5)
     t = runtime.create_map("hash", key="II", value="Q", max_entries=32)
     t[(1, 2)] = 3
     assert t[(1, 2)] == 3 and (2, 1) not in t and t.keys() == [(1, 2)]
@@ -169,7 +175,7 @@ def test_attached_process_sees_same_map(runtime):
     ("hash", dict(key="I", value="Z", max_entries=4), "not a struct format"),
     ("hash", dict(key="I", value="", max_entries=4), "1-47"),
     ("hash", dict(key="I", value="0s", max_entries=4), "size 0"),
-    ("hash", dict(key="I", value=">Q", max_entries=4), "byte order"),
+    ("per_worker_hash", dict(key="I", value=">Q", max_entries=4), "native byte order"),
     ("hash", dict(value="Q", max_entries=4), "need a key format"),
     ("hash", dict(key="I", max_entries=4), "need a value format"),
     ("hash", dict(key="I", value="Q", max_entries=0), "max_entries"),
@@ -320,3 +326,50 @@ def test_inserts_inside_sections_recycle_tombstones(runtime):
             assert ei.value.errno == errno.E2BIG
         m[20] = 20                            # outside: recycled (poll or synchronize)
         assert m[20] == 20 and len(m) == 1
+
+
+def test_bytes_keys_of_the_wrong_length_are_refused_everywhere(runtime):
+    """A 3-byte key for "4s" is not padded, a 5-byte key not truncated: two different keys
+    never collide, and a key that can never match raises TypeError in every operation."""
+    m = runtime.create_map("hash", key="4s", value="Q", max_entries=8)
+    m[b"\x0a\x00\x00\x01"] = 1
+    assert m[b"\x0a\x00\x00\x01"] == 1
+    for bad in (b"\x0a\x00\x01", b"\x0a\x00\x00\x01\x00", "10.0.0.1", 167772161):
+        for op in (lambda k: m[k], lambda k: k in m, lambda k: m.get(k), lambda k: m.__setitem__(k, 2),
+                   lambda k: m.__delitem__(k), lambda k: m.update(k, 2)):
+            with pytest.raises(TypeError, match="does not match format"):
+                op(bad)
+    assert len(m) == 1 and m.keys() == [b"\x0a\x00\x00\x01"]
+
+
+def test_str_keys_for_s_formats_are_utf8_nul_padded(runtime):
+    m = runtime.create_map("hash", key="8s", value="Q", max_entries=8)
+    m["abc"] = 1                                      # b"abc" + 5 NULs
+    assert m["abc"] == 1 and m[b"abc\0\0\0\0\0"] == 1 and "abc" in m
+    m["é"] = 2                                        # 2 bytes of UTF-8
+    assert m[b"\xc3\xa9" + b"\0" * 6] == 2
+    with pytest.raises(TypeError, match="UTF-8"):
+        m["ninechars"] = 3
+    assert sorted(m.keys()) == [b"abc\0\0\0\0\0", b"\xc3\xa9" + b"\0" * 6]
+    v = runtime.create_map("hash", key="I", value="4sQ", max_entries=4)
+    v[1] = ("ab", 7)                                  # values follow the same rule
+    assert v[1] == (b"ab\0\0", 7)
+    with pytest.raises(TypeError, match="exactly"):
+        v[2] = (b"abcde", 1)
+
+
+def test_network_byte_order_keys_and_values(runtime):
+    """struct byte-order prefixes are honoured: "!I" keys are what sockets and numpy ">u4"
+    arrays hold, and lookup_batch takes them as they are."""
+    np = pytest.importorskip("numpy")
+    import socket
+    m = runtime.create_map("hash", key="!I", value="!HH", max_entries=16)
+    m[0x0a000001] = (443, 1)
+    raw = socket.inet_aton("10.0.0.1")                # network order
+    assert m.key_format == "!I" and m[0x0a000001] == (443, 1)
+    keys = np.array([0x0a000001], dtype=">u4")
+    assert keys.tobytes() == raw
+    out = m.lookup_batch(keys)
+    assert bytes(out) == (443).to_bytes(2, "big") + (1).to_bytes(2, "big")
+    with pytest.raises(shmrcu.UnsupportedOperation, match="u64"):
+        runtime.create_map("hash", key="I", value=">Q", max_entries=4).add(1, 1)

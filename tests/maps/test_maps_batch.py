@@ -56,7 +56,7 @@ def test_bytes_buffers_and_multi_field_values(runtime):
     assert m.update_batch(ks, vs) == 4
     out = m.lookup_batch(ks)
     assert isinstance(out, bytearray) and bytes(out) == vs
-    assert m[b"k2"] == (2, 20)
+    assert m["k2"] == (2, 20)
     with pytest.raises(ValueError, match="whole number"):
         m.lookup_batch(b"abc")
     with pytest.raises(ValueError, match="values buffer"):

@@ -45,13 +45,13 @@ def test_hash_of_maps(runtime):
     t = runtime.create_map("hash", key="I", value="QQ", max_entries=16, name="t")
     big = runtime.create_map("hash", key="I", value="QQ", max_entries=1024)
     outer = runtime.create_map("hash_of_maps", key="16s", max_entries=8, inner=t)
-    outer[b"tenant-a"] = t
-    outer[b"tenant-b"] = big                  # hash templates ignore max_entries (BPF)
-    assert outer[b"tenant-a"] is t and outer[b"tenant-b"] is big
+    outer["tenant-a"] = t
+    outer["tenant-b"] = big                  # hash templates ignore max_entries (BPF)
+    assert outer["tenant-a"] is t and outer["tenant-b"] is big
     assert sorted(outer.keys()) == [b"tenant-a" + bytes(8), b"tenant-b" + bytes(8)]
-    assert outer.swap(b"tenant-a", big) is t
-    del outer[b"tenant-a"]
-    assert len(outer) == 1 and b"tenant-a" not in outer
+    assert outer.swap("tenant-a", big) is t
+    del outer["tenant-a"]
+    assert len(outer) == 1 and "tenant-a" not in outer
 
 
 @pytest.mark.parametrize("other_spec,why", [
