@@ -9,7 +9,7 @@ from .maps._maps import ANY, EXIST, NOEXIST
 from .errors import (ControllerBusy, CorruptSegment, GracePeriodTimeout, IndexOutOfRange, InheritedAcrossFork,
                      InvalidMapSpec, KeyExists, KeyNotFound, MapClosed, MapExists, MapFull, MapInUse,
                      MapNotFound, NoFreeSlot, NotController, OutOfSharedMemory, OutsideSection, ReaderClosed, ReadOnlyMap,
-                     RuntimeExists, RuntimeNotFound, SelfDeadlock, ShmrcuError, StalledSlot, TemplateMismatch,
+                     RuntimeDestroyed, RuntimeExists, RuntimeNotFound, SelfDeadlock, ShmrcuError, StalledSlot, TemplateMismatch,
                      UnsupportedOperation)
 from .runtime import Runtime
 from . import maps
@@ -24,5 +24,5 @@ __all__ = [
     "OutOfSharedMemory", "KeyNotFound", "KeyExists", "MapFull", "IndexOutOfRange", "ReadOnlyMap",
     "MapClosed", "MapNotFound", "MapExists", "InvalidMapSpec", "TemplateMismatch",
     "UnsupportedOperation", "InheritedAcrossFork", "NotController", "SelfDeadlock",
-    "OutsideSection",
+    "OutsideSection", "RuntimeDestroyed",
 ]

@@ -60,6 +60,13 @@ class ReaderClosed(ShmrcuError, RuntimeError):
     errno = _errno.EBADF
 
 
+class RuntimeDestroyed(ReaderClosed):
+    """The runtime was destroyed (or cleaned up) while this process was attached: its
+    tables are gone, never served silently; attach again once it is re-created (ESTALE)."""
+
+    errno = _errno.ESTALE
+
+
 class InheritedAcrossFork(ReaderClosed):
     """A reader (or a section of one) was created in another process and inherited by
     ``fork()``: its slot belongs to the parent.  Make a reader in this process."""

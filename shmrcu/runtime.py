@@ -59,17 +59,22 @@ class Runtime:
         self._forked_from: int | None = None
         # debug mode: inner maps reached through outer maps check their section at every use
         self.debug = os.environ.get("SHMRCU_DEBUG", "") not in ("", "0")
-        self._bind_control(segment, control)
+        try:
+            self._bind_control(segment, control)
+        except BaseException:
+            segment.close()
+            raise
         _runtimes.add(self)
 
-    def _bind_control(self, segment: seg.Segment, control: ControlBlock) -> None:
+    def _bind_control(self, segment: seg.Segment, control: ControlBlock, hold_mark: bool = True) -> None:
         """Everything this process owns for the runtime (fresh at attach and after fork)."""
         self._segment = segment
         self.__control = control
         self._pid = os.getpid()
-        # this process's writer mark (whole-value writers tell the living from the dead by it)
-        hold_writer_mark(self.name, segment.fd, segment.path)
-        self._mark_pid = self._pid
+        if hold_mark:
+            # this process's writer id and mark (whole-value writers tell the living
+            # from the dead by it)
+            hold_writer_mark(control, segment.fd, segment.path)
         self._needs_attach = False
         self._attach_lock = threading.Lock()
         self._readers: weakref.WeakSet[Reader] = weakref.WeakSet()
@@ -127,9 +132,9 @@ class Runtime:
             _runtimes.discard(fresh)
             fresh._housekeeper_stop.set()
             fresh._housekeeper_thread.join()
-            self._bind_control(fresh._segment, fresh._Runtime__control)
-            fresh._closed = True                     # its parts are ours now
-            drop_writer_mark(self.name)              # (its mark count too: ours holds it)
+            # its parts -- writer mark included -- are ours now
+            self._bind_control(fresh._segment, fresh._Runtime__control, hold_mark=False)
+            fresh._closed = True
 
     def _add_handle(self, handle) -> None:
         with self._handles_lock:
@@ -212,6 +217,28 @@ class Runtime:
                 raise
         return rt
 
+    @classmethod
+    def create_or_take_over(cls, name: str, *, max_workers: int = 64, mode: int = 0o600,
+                            sections: str = "fence") -> "Runtime":
+        """The long-lived controller's one call: create runtime ``name``, or take control
+        of it if it exists (its previous controller died or released the lease;
+        ``ControllerBusy`` if a live one holds it).  The runtime outlives this object:
+        ``close()`` and ``with`` leave it alive for the readers attached to it (a
+        restarted controller takes over where this one stopped); only ``destroy()``
+        removes it.  The other arguments apply when it is created."""
+        for _ in range(3):
+            try:
+                rt = cls.attach(name, controller=True)
+            except RuntimeNotFound:
+                try:
+                    rt = cls.create(name, max_workers=max_workers, mode=mode, sections=sections)
+                except RuntimeExists:
+                    continue                 # another process created it meanwhile: take over
+            rt._created = False              # `with` closes, never destroys
+            return rt
+        raise RuntimeExists(f"runtime {name!r} kept appearing and disappearing while this process "
+                            "tried to create or take it over; is another process destroying it?")
+
     # -- the controller lease ----------------------------------------------------
     def take_control(self) -> None:
         """Become this runtime's controller (``ControllerBusy`` names a live holder)."""
@@ -285,17 +312,28 @@ class Runtime:
             self._closed = True
             self._segment.close()
             self.__control.detach()            # late uses raise ReaderClosed, never fault
-            if self._mark_pid == os.getpid():
-                drop_writer_mark(self.name)
+            drop_writer_mark(self.__control)
 
     def destroy(self) -> list[str]:
-        """Unlink every segment of this runtime (the controller's job); returns their names."""
+        """Unlink every segment of this runtime (the controller's job); returns their names.
+
+        Processes still attached stop serving it: every map is marked freed and the
+        control segment destroyed first, so their next map access, section, quiescent
+        point or runtime call raises ``RuntimeDestroyed`` -- never a stale table."""
         if not self.is_controller:
             raise NotController(f"only the controller of runtime {self.name!r} may destroy it "
                                 "(Runtime.attach(name, controller=True) takes control)")
+        self._mark_destroyed()
         self.close()
         removed = [n for n in seg.runtime_segments(self.name) if seg.unlink(n)]
         return removed
+
+    def _mark_destroyed(self) -> None:
+        """Tell every attached process that this runtime is going away (destroy, cleanup)."""
+        from . import maps
+        maps.mark_all_freed(self)
+        self.__control.mark_destroyed()
+        self.__control.bump_freed_generation()   # housekeepers unmap what they still map
 
     def __enter__(self) -> "Runtime":
         return self
@@ -317,6 +355,7 @@ class Runtime:
             raise ReaderClosed(f"runtime {self.name!r} is closed")
         if self._needs_attach:
             self._reattach()
+        self.__control.raise_if_destroyed()
 
     @property
     def closed(self) -> bool:

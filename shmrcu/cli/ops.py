@@ -170,13 +170,14 @@ def list_runtimes() -> list[dict]:
     """Every runtime with segments in /dev/shm (sorted by name).
 
     Fields: name, state (live | dead | corrupt | orphaned | inaccessible),
-    controller_pid, controller_alive, readers, maps, segments, bytes, error."""
+    controller_pid, controller_alive, readers, reader_pids, maps, segments, bytes, error."""
     out = []
     for name, files in sorted(_scan().items()):
         sizes = [_size(f) or 0 for f in files]
         entry: dict[str, Any] = {
             "name": name, "state": "orphaned", "controller_pid": None, "controller_alive": None,
-            "readers": None, "maps": sum(1 for f in files if _map_id_of(f) is not None),
+            "readers": None, "reader_pids": None,
+            "maps": sum(1 for f in files if _map_id_of(f) is not None),
             "segments": len(files), "bytes": sum(sizes), "error": None,
         }
         if any(f.endswith(".ctl") for f in files):
@@ -202,7 +203,8 @@ def _probe_runtime(name: str) -> dict:
         st = rt.stats()
         readers = [r for r in rt.readers_info() if r["alive"]]
         return {"state": "live" if alive else "dead", "controller_alive": alive,
-                "controller_pid": st["controller_pid"] or None, "readers": len(readers)}
+                "controller_pid": st["controller_pid"] or None, "readers": len(readers),
+                "reader_pids": sorted({r["pid"] for r in readers})}
     finally:
         rt.close()
 
@@ -484,8 +486,26 @@ def _removable(entry: dict) -> tuple[bool, str]:
         return False, f"permission denied ({entry['error']})"
     if state == "corrupt" and entry["controller_alive"] is not False:
         return False, "control segment is corrupt and still locked by a live process"
+    if state == "dead" and entry.get("readers"):
+        return False, (f"controller dead, but {entry['readers']} live reader(s) still attached "
+                       f"(pids {', '.join(map(str, entry.get('reader_pids') or []))}): they serve "
+                       "its tables")
     return True, {"dead": "controller dead", "orphaned": "no control segment",
                   "corrupt": "control segment corrupt, no process holds it"}.get(state, state)
+
+
+def _mark_destroyed(name: str) -> None:
+    """Before unlinking: mark the runtime destroyed (and its maps freed) for every process
+    still attached.  Best effort: a corrupt or vanished segment has nobody to tell."""
+    from ..runtime import Runtime
+    try:
+        rt = Runtime.attach(name)
+    except (ShmrcuError, ValueError, OSError):
+        return
+    try:
+        rt._mark_destroyed()
+    finally:
+        rt.close()
 
 
 def _unlink_runtime(name: str) -> tuple[list[dict], list[str]]:
@@ -533,6 +553,7 @@ def cleanup(name: str | None = None, force: bool = False, prefix: str | None = N
             continue
         if not ok:
             reason = f"forced ({reason})"
+        _mark_destroyed(e["name"])           # attached processes raise, never serve it
         segs, errs = _unlink_runtime(e["name"])
         result["removed"].append({"runtime": e["name"], "reason": reason, "segments": segs,
                                   "bytes": sum(s["bytes"] for s in segs)})

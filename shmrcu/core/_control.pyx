@@ -8,19 +8,22 @@ lock on its slot's byte, which the kernel drops at death -- immune to PID reuse)
 layout is in _layout.h; the grace-period algorithm that uses the slots is the subclass
 ``ControlBlock`` in _epoch.pyx, whose essay explains both.
 """
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.string cimport memset, strncpy
 from posix.fcntl cimport open as c_open, O_RDWR, O_CLOEXEC
 from posix.unistd cimport getpid, close as c_close
 from shmrcu.core._layout cimport *
 from shmrcu.core._segment cimport Mapping
 
+import errno as _errno
 import os
+import threading
 import time
 import weakref
 
 from . import segment as _seg
-from ..errors import CorruptSegment, InheritedAcrossFork, NoFreeSlot, ReaderClosed
+from ..errors import (CorruptSegment, InheritedAcrossFork, NoFreeSlot, ReaderClosed, RuntimeDestroyed,
+                      RuntimeNotFound, ShmrcuError)
 
 cdef uint64_t STATUS_MASK = 0xff
 
@@ -29,66 +32,93 @@ _control_blocks = weakref.WeakSet()
 
 
 def _disown_after_fork():
+    global _writer_marks_lock
     cdef ControlSegment cb
     for cb in list(_control_blocks):
         cb.disown()
     _control_blocks.clear()
     _writer_marks.clear()        # their descriptors were closed (own_fd); the marks stay the parent's
-
-
-# ---- writer marks ---------------------------------------------------------
-# Every process attached to a runtime holds the OFD lock byte
-# SHMRCU_LOCK_WRITER_BASE + its pid on the control segment's file, through a
-# description of its own, for as long as any of its Runtime objects is open.  A
-# map writer that finds a whole-value cell claimed by pid P asks whether P's mark
-# is held: if not, P died (or detached) mid-update and the claim may be taken over.
-# One mark per process and runtime, counted: several Runtime objects of one runtime
-# in one process share it, and it goes when the last one closes.
-_writer_marks = {}               # runtime name -> [fd, users]
-
-
-def hold_writer_mark(str name, int segment_fd, str path):
-    """Take (or count one more user of) this process's writer mark on runtime ``name``,
-    whose control segment is open on ``segment_fd`` (and named ``path`` in /dev/shm)."""
-    cdef int fd, r
-    mark = _writer_marks.get(name)
-    if mark is not None:
-        mark[1] += 1
-        return
-    # a description of our own, of the very file we attached to: /proc/self/fd when
-    # there is a /proc, else the name -- checked to be the same file (not a runtime
-    # destroyed and re-created meanwhile, whose mark would say nothing about us)
-    try:
-        fd = os.open(f"/proc/self/fd/{segment_fd}", os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    a, b = os.fstat(fd), os.fstat(segment_fd)
-    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
-        os.close(fd)
-        raise CorruptSegment(f"runtime {name!r} was destroyed and re-created while this process "
-                             "attached to it: attach again")
-    _seg.own_fd(fd)
-    r = shm_ofd_lock(fd, SHMRCU_LOCK_WRITER_BASE + getpid())
-    if r not in (0, -11, -13):
-        _seg.close_owned_fd(fd)
-        raise OSError(-r, f"writer mark of runtime {name!r}: " + os.strerror(-r))
-    # EAGAIN/EACCES: a process of another pid namespace with our pid number holds the
-    # byte; writers then see our claims as alive (safe), never as dead
-    _writer_marks[name] = [fd, 1]
-
-
-def drop_writer_mark(str name):
-    """One user fewer of this process's writer mark on ``name``; the last one releases it."""
-    mark = _writer_marks.get(name)
-    if mark is None:
-        return
-    mark[1] -= 1
-    if mark[1] <= 0:
-        del _writer_marks[name]
-        _seg.close_owned_fd(mark[0])
+    _writer_marks_lock = threading.Lock()
 
 
 _seg.at_fork_in_child(_disown_after_fork)
+
+
+# ---- writer marks ---------------------------------------------------------
+# A process attached to a runtime holds the OFD lock byte SHMRCU_LOCK_WRITER_BASE +
+# its writer id on the control segment's file, through a description of its own, for
+# as long as any of its Runtime objects of that runtime (that file) is open.  A map
+# writer claims a whole-value cell in the name of its writer id; another writer that
+# finds the claim asks whether that id's mark is held: if not, its owner died (or
+# detached) mid-update and the claim may be taken over.  Writer ids come from a
+# counter in the control header: unique within the runtime, never reused, no pid.
+# Counted per file (st_dev, st_ino), not per name: a runtime destroyed and re-created
+# under the same name is another file with other marks.
+_writer_marks = {}               # (st_dev, st_ino) -> [fd, writer id, users]
+_writer_marks_lock = threading.Lock()
+
+
+def hold_writer_mark(ControlSegment control, int segment_fd, str path):
+    """Give ``control`` this process's writer id on its runtime, taking the mark on the
+    first use (and counting one more user after that).  ``segment_fd`` is the control
+    segment's descriptor, ``path`` its name in /dev/shm."""
+    cdef int fd, r
+    cdef uint64_t wid
+    control.usable()
+    st = os.fstat(segment_fd)
+    key = (st.st_dev, st.st_ino)
+    with _writer_marks_lock:
+        mark = _writer_marks.get(key)
+        if mark is not None:
+            mark[2] += 1
+            control.writer_id = mark[1]
+            control.mark_key = key
+            return mark[1]
+        # a description of our own, of the very file we attached to: /proc/self/fd
+        # when there is a /proc, else the name -- checked to be the same file
+        try:
+            fd = os.open(f"/proc/self/fd/{segment_fd}", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = -1
+            if fd < 0 or (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != key:
+                if fd >= 0:
+                    os.close(fd)
+                raise RuntimeNotFound(f"runtime at {path} was destroyed while this process "
+                                      "attached to it: attach again")
+        _seg.own_fd(fd)
+        # relaxed: uniqueness needs only atomicity
+        wid = shm_fetch_add_relaxed(&control.hdr.next_writer_id, 1) + 1
+        if wid > 0xffffffff:
+            _seg.close_owned_fd(fd)
+            raise ShmrcuError("this runtime ran out of writer ids (2^32 attaches): re-create it",
+                              errno=_errno.EOVERFLOW)
+        r = shm_ofd_lock(fd, SHMRCU_LOCK_WRITER_BASE + <int64_t>wid)
+        if r != 0:               # a fresh id's byte is nobody's: anything else is an error
+            _seg.close_owned_fd(fd)
+            raise OSError(-r, f"writer mark {wid} of {path}: " + os.strerror(-r))
+        _writer_marks[key] = [fd, wid, 1]
+        control.writer_id = <uint32_t>wid
+        control.mark_key = key
+        return wid
+
+
+def drop_writer_mark(ControlSegment control):
+    """One user fewer of the writer mark ``control`` holds; the last one releases it."""
+    key = control.mark_key
+    control.mark_key = None
+    if key is None:
+        return
+    with _writer_marks_lock:
+        mark = _writer_marks.get(key)
+        if mark is None:
+            return
+        mark[2] -= 1
+        if mark[2] <= 0:
+            del _writer_marks[key]
+            _seg.close_owned_fd(mark[0])
 
 
 cdef class ControlSegment:
@@ -110,6 +140,8 @@ cdef class ControlSegment:
     def disown(self):
         """Forked child: the mapping is gone (MADV_DONTFORK), the descriptor is the
         parent's; every later use raises instead of touching either."""
+        self.mark_key = None         # the writer mark is the parent's too
+        self.writer_id = 0
         self.hdr = NULL
         self.slots = NULL
         self.check_fd = -1
@@ -236,6 +268,34 @@ cdef class ControlSegment:
         self.usable()
         # acquire: a caller that sees a target completed may free what it retired
         return shm_load_acquire(&self.hdr.completed_epoch)
+
+    # -- destruction -------------------------------------------------------------
+    def mark_destroyed(self):
+        """Record that the runtime is being destroyed (before its segments are unlinked):
+        every process still attached raises RuntimeDestroyed instead of serving it."""
+        self.usable()
+        # release: the map states set FREED before are visible to whoever sees this
+        shm_store_release(&self.hdr.destroyed_unix_ns, <uint64_t>time.time_ns())
+
+    @property
+    def destroyed_unix_ns(self):
+        """When the runtime was destroyed (0: it was not)."""
+        self.usable()
+        # acquire: pairs with mark_destroyed
+        return shm_load_acquire(&self.hdr.destroyed_unix_ns)
+
+    def raise_if_destroyed(self):
+        """RuntimeDestroyed if the runtime was destroyed (see check_not_destroyed)."""
+        self.check_not_destroyed()
+
+    cdef int check_not_destroyed(self) except -1:
+        # relaxed: a flag set once; what it implies (maps FREED) is checked on its own
+        if self.hdr != NULL and shm_load_relaxed(&self.hdr.destroyed_unix_ns):
+            raise RuntimeDestroyed(
+                f"runtime {(<bytes>self.hdr.name).decode(errors='replace')!r} was destroyed "
+                f"(segments removed) while this process was attached: its tables are gone. "
+                f"Attach again once it is re-created (Runtime.attach(name))")
+        return 0
 
     def allocate_map_id(self):
         """A fresh map id: ids grow and are never reused."""

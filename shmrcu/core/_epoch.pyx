@@ -541,6 +541,10 @@ cdef class _Section:
             raise ReaderClosed("reader is closed")
         (<Reader>self.reader).check_usable()
         (<Reader>self.reader).enter()
+        if shm_load_relaxed(&(<Reader>self.reader).hdr.destroyed_unix_ns):
+            # relaxed: a once-set flag (see ControlSegment.check_not_destroyed)
+            (<Reader>self.reader).exit()
+            (<Reader>self.reader).control.check_not_destroyed()
         return <Reader>self.reader
 
     def __exit__(self, exc_type, exc, tb):
@@ -639,6 +643,7 @@ cdef class Reader:
     def online(self):
         """QSBR: announce this reader online (it may now hold references)."""
         self.check_usable()
+        self.control.check_not_destroyed()
         if not self.qsbr_online:
             if self.depth == 0:
                 rcu_online(self.hdr, self.slot, self.fence)
@@ -666,6 +671,7 @@ cdef class Reader:
         rcu_quiescent(self.hdr, self.slot)
         self.slot.quiescent_states += 1
         self.sections += 1
+        self.control.check_not_destroyed()      # a quiescent point notices a destroyed runtime
 
     def publish(self, uint64_t events, uint64_t batches=1):
         """Add to this slot's counters and stamp the last-advance time (pool workers)."""

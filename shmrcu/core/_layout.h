@@ -31,10 +31,12 @@
  * the data, so they may lie inside or beyond the segment. */
 #define SHMRCU_LOCK_SLOT_BASE 0              /* + slot index: held by the slot's owner */
 #define SHMRCU_LOCK_CONTROLLER (1ll << 40)   /* held by the controller (lease) */
-/* + pid: the "writer mark", held by every process attached to the runtime, so a
- * writer that finds a map value claimed by pid P can tell whether P is still
- * attached (alive) -- the kernel drops the mark at death; PID reuse by a process
- * that is not attached cannot fake it. */
+/* + writer id: the "writer mark".  Every process attached to the runtime gets a
+ * writer id (next_writer_id: unique within the runtime, never reused) and holds
+ * this byte for as long as it is attached; whole-value writers claim a map value
+ * in the name of their writer id, so another writer that finds a claim can tell
+ * whether its owner is still there -- the kernel drops the mark at death.  No
+ * pid is involved: PID reuse and pid namespaces cannot fake it. */
 #define SHMRCU_LOCK_WRITER_BASE (1ll << 41)
 
 typedef struct {
@@ -74,7 +76,10 @@ typedef struct {
     uint64_t controller_epoch;  /* bumps at every takeover */
     uint64_t next_map_id;       /* map ids grow and are never reused */
     uint64_t freed_generation;  /* bumps whenever maps are freed: readers drop stale mappings */
-    uint64_t reserved[12];
+    uint64_t destroyed_unix_ns; /* nonzero once the runtime is destroyed (or cleaned up): every
+                                   attached process raises RuntimeDestroyed instead of serving it */
+    uint64_t next_writer_id;    /* writer ids (one per process and runtime) grow, never reused */
+    uint64_t reserved[10];
 } control_header;
 
 typedef struct {

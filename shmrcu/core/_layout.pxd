@@ -43,7 +43,9 @@ cdef extern from "_layout.h" nogil:
         uint64_t controller_epoch
         uint64_t next_map_id
         uint64_t freed_generation
-        uint64_t reserved[12]
+        uint64_t destroyed_unix_ns
+        uint64_t next_writer_id
+        uint64_t reserved[10]
 
     ctypedef struct worker_slot:
         uint64_t ctr

@@ -693,6 +693,30 @@ def destroy_map(rt, map_or_id: Map | int) -> bool:
     return seg.unlink(seg.shm_name(rt.name, f"map.{map_id}"))
 
 
+def mark_all_freed(rt) -> int:
+    """The runtime is being destroyed: mark every map of it freed, so that processes
+    still attached stop serving them (their next access raises).  Returns how many."""
+    try:
+        d = _directory(rt)
+    except (MapNotFound, RuntimeNotFound):
+        return 0
+    with d as directory:
+        entries = directory.entries_list()
+    n = 0
+    for e in entries:
+        try:
+            segment = seg.Segment.open(seg.shm_name(rt.name, f"map.{e['id']}"), writable=True)
+        except (FileNotFoundError, PermissionError):
+            continue
+        try:
+            if segment.mapping is not None:
+                _mapheader.mark_freed(segment.mapping)
+                n += 1
+        finally:
+            segment.close()
+    return n
+
+
 def drop_freed(rt) -> int:
     """Unmap this process's cached maps whose state is freed; returns how many.
 

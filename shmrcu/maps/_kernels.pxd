@@ -54,6 +54,7 @@ cdef struct map_view:
     uint8_t writable
     uint8_t cells            # values are double-buffered cells (_maplayout.h)
     int probe_fd             # the runtime's control segment: probes writer marks (_layout.h)
+    uint32_t writer_id       # this process's writer id on the runtime: whole-value claims
 
 # slot states (_maplayout.h), under the short names the kernels use
 cdef extern from "_maplayout.h" nogil:

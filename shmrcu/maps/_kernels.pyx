@@ -42,10 +42,11 @@ Whole values
 A value of at most 8 bytes is one padded word, stored and loaded as one: it is
 always seen whole.  A longer value of a hash map (and of an array created with
 ``whole_values=True``, the counterpart of BPF_F_LOCK) lives in a *cell*:
-``[word][buffer 0][buffer 1]`` with ``word = version << 32 | writer pid``; the
-value is buffer ``version & 1`` (layout in _maplayout.h).
+``[word][buffer 0][buffer 1]`` with ``word = version << 32 | writer id``; the
+value is buffer ``version & 1`` (layout in _maplayout.h).  A writer id is one
+attached process's (a counter in the control header, never reused: no pid).
 
-* A writer claims the cell: CAS the word from ``(v, 0)`` to ``(v, its pid)``.
+* A writer claims the cell: CAS the word from ``(v, 0)`` to ``(v, its id)``.
   It writes the new value into the *other* buffer, ``(v + 1) & 1``, which no
   reader is reading as current, and publishes with a CAS to ``(v + 1, 0)``
   (release: the buffer is complete before anyone sees the new version).  Writers
@@ -59,19 +60,18 @@ value is buffer ``version & 1`` (layout in _maplayout.h).
   (``cell_copy_whole``); then it copies again.  Readers never write, so they
   need no lock and take none (lock-free, not wait-free: a stream of updates to
   one large value can make a reader copy several times).
-* A writer that dies holding the claim leaves ``(v, dead pid)``: buffer ``v & 1``
+* A writer that dies holding the claim leaves ``(v, its id)``: buffer ``v & 1``
   is untouched, so readers keep copying the old value, whole.  The next writer,
-  seeing the claim held, asks whether that pid's *writer mark* is held -- an OFD
-  lock byte on the control segment that every attached process holds and the
-  kernel drops at its death (_layout.h; PID reuse by a process that is not
-  attached cannot fake it) -- and if it is not, takes the claim over with a CAS:
-  the key stays updatable.  A claim in our own pid is taken over only after 1 s
-  and only if no other thread of ours is writing (a dead process whose pid we
-  got).  A live writer that holds a claim over 1 s makes other writers give up
-  with -EBUSY (a stopped process, say).  A writer that lets a claim go without
-  publishing (its key was deleted meanwhile) moves the version on by two: the
-  current buffer stays, and readers that overlapped a dead writer's half write
-  to the spare buffer copy again.
+  seeing the claim held, asks whether that id's *writer mark* is held -- an OFD
+  lock byte on the control segment that the attached process holds and the
+  kernel drops at its death (_layout.h) -- and if it is not, takes the claim
+  over with a CAS: the key stays updatable.  A probe that fails counts as
+  "alive": a wrong "dead" would let two writers into one buffer.  A live
+  writer that holds a claim over 1 s makes other writers give up with -EBUSY
+  (a stopped process, say).  A writer that lets a claim go without publishing
+  (its key was deleted meanwhile) moves the version on by two: the current
+  buffer stays, and readers that overlapped a dead writer's half write to the
+  spare buffer copy again.
 * Versions are 32 bits: a reader would have to stall inside one copy for 2^32
   updates of that one value to be fooled.
 * ``add`` adds in place to the current buffer with an atomic fetch-add per u64
@@ -109,66 +109,6 @@ from shmrcu.core._epoch cimport updater_membarrier
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
-
-cdef extern from *:
-    """
-    #include <signal.h>
-    #include <fcntl.h>
-    #include <unistd.h>
-    #include <errno.h>
-    #include <stdio.h>
-    #include <string.h>
-    #include <pthread.h>
-    /* This process's pid, cached: getpid() is a system call; a fork() child
-     * drops the cache (pthread_atfork, registered at import). */
-    static uint32_t shmrcu_pid_cache;
-    static uint64_t shmrcu_cell_writers;
-    static void shmrcu_pid_forget(void) { shmrcu_pid_cache = 0; shmrcu_cell_writers = 0; }
-    static inline uint32_t shmrcu_self_pid(void) {
-        if (!shmrcu_pid_cache) shmrcu_pid_cache = (uint32_t)getpid();
-        return shmrcu_pid_cache;
-    }
-    /* Threads of this process inside cell_write: a claim in our own pid's name
-     * while we are the only one is stale (a dead writer whose pid we reuse). */
-    static inline void shmrcu_cell_writers_add(int64_t d) {
-        /* relaxed: a process-local hint, read only on the slow path */
-        __atomic_fetch_add(&shmrcu_cell_writers, (uint64_t)d, __ATOMIC_RELAXED);
-    }
-    static inline uint64_t shmrcu_cell_writers_now(void) {
-        return __atomic_load_n(&shmrcu_cell_writers, __ATOMIC_RELAXED);
-    }
-    static int shmrcu_register_pid_forget(void) {
-        return pthread_atfork(NULL, NULL, shmrcu_pid_forget);
-    }
-    /* Fallback liveness (the writer-mark probe failed): dead only when kill()
-     * says there is no such process, or /proc shows a zombie; anything
-     * unreadable counts as alive (a wrong "dead" would let two writers in). */
-    static int shmrcu_pid_alive(uint32_t pid) {
-        char path[48], buf[512];
-        const char *p;
-        ssize_t n;
-        int fd;
-        if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return 0;
-        snprintf(path, sizeof path, "/proc/%u/stat", pid);
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) return 1;
-        n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n <= 0) return 1;
-        buf[n] = 0;
-        p = strrchr(buf, ')');
-        return !(p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
-    }
-    """
-    uint32_t shmrcu_self_pid() nogil
-    void shmrcu_cell_writers_add(int64_t d) nogil
-    uint64_t shmrcu_cell_writers_now() nogil
-    int shmrcu_register_pid_forget()
-    int shmrcu_pid_alive(uint32_t pid) nogil
-
-shmrcu_register_pid_forget()
-
-
 
 
 
@@ -224,11 +164,11 @@ cdef void torn_write(char* buf, const void* src, uint32_t n) noexcept nogil:
         shm_compiler_barrier()
         j += 8
 
-cdef inline bint claim_cell(char* cell, uint64_t* word) noexcept nogil:
+cdef inline bint claim_cell(map_view* m, char* cell, uint64_t* word) noexcept nogil:
     """Try once to claim a cell whose word we loaded as ``word[0]`` (free, or held
     by a dead writer); on failure ``word[0]`` is the fresh word."""
     cdef uint64_t w = word[0]
-    cdef uint64_t mine = (w & 0xffffffff00000000ULL) | shmrcu_self_pid()
+    cdef uint64_t mine = (w & 0xffffffff00000000ULL) | m.writer_id
     # acq_rel CAS: makes the cell ours, and orders our writes after the previous
     # writer's (whose publish we acquire)
     if shm_cas_acq_rel(<uint64_t*>cell, w, mine):
@@ -238,33 +178,26 @@ cdef inline bint claim_cell(char* cell, uint64_t* word) noexcept nogil:
     word[0] = shm_load_acquire(<uint64_t*>cell)
     return False
 
-cdef bint owner_gone(map_view* m, uint32_t owner, bint waited_long) noexcept nogil:
+cdef bint owner_gone(map_view* m, uint32_t owner) noexcept nogil:
     """Is the writer ``owner`` that holds a claim gone (slow path only)?  Its writer
-    mark tells (_layout.h): every process attached to the runtime holds one."""
+    mark tells (_layout.h): a writer id is one attached process's, never reused."""
     cdef int r
-    if owner == shmrcu_self_pid():
-        # our own pid: a thread of ours is writing -- unless no other thread of ours
-        # is, and the claim is a dead process's whose pid we got.  Only after a long
-        # wait: a process of another pid namespace may share our pid number.
-        return waited_long and shmrcu_cell_writers_now() <= 1
-    r = shm_ofd_held(m.probe_fd, SHMRCU_LOCK_WRITER_BASE + owner)
-    if r >= 0:
-        return r == 0
-    return not shmrcu_pid_alive(owner)   # probe failed: the conservative fallback
+    if owner == m.writer_id:
+        return False              # a thread of this very process is writing
+    r = shm_ofd_held(m.probe_fd, SHMRCU_LOCK_WRITER_BASE + <int64_t>owner)
+    return r == 0                 # held, or the probe failed: alive (never guess "dead")
 
 cdef int cell_write(map_view* m, char* cell, const void* src, const uint64_t* slot,
                     uint64_t seen) noexcept nogil:
-    cdef int r
-    shmrcu_cell_writers_add(1)
-    r = cell_write_claimed(m, cell, src, slot, seen)
-    shmrcu_cell_writers_add(-1)
-    return r
-
-cdef int cell_write_claimed(map_view* m, char* cell, const void* src, const uint64_t* slot,
-                            uint64_t seen) noexcept nogil:
     """Write a whole value (``src`` NULL: zeros) into a cell.  ``slot``/``seen``: the
     hash slot's ctl as the caller found it LIVE (re-checked once we hold the claim;
     RETRY if it changed), or NULL.  0, RETRY, or -EBUSY."""
+    if m.writer_id == 0:
+        return -EBUSY             # a view without a writer id (never bound to a runtime)
+    return cell_write_claimed(m, cell, src, slot, seen)
+
+cdef int cell_write_claimed(map_view* m, char* cell, const void* src, const uint64_t* slot,
+                            uint64_t seen) noexcept nogil:
     cdef uint64_t w, done
     cdef uint32_t owner, last_owner = 0, spins = 0
     cdef uint64_t since = 0
@@ -276,8 +209,8 @@ cdef int cell_write_claimed(map_view* m, char* cell, const void* src, const uint
     w = shm_load_acquire(<uint64_t*>cell)
     while True:
         owner = <uint32_t>w
-        if owner == 0 or (spins >= 128 and spins & 63 == 0 and owner_gone(m, owner, False)):
-            if claim_cell(cell, &w):
+        if owner == 0 or (spins >= 128 and spins & 63 == 0 and owner_gone(m, owner)):
+            if claim_cell(m, cell, &w):
                 break
             continue
         if owner != last_owner:       # a new writer holds it: the stall clock starts over
@@ -285,7 +218,7 @@ cdef int cell_write_claimed(map_view* m, char* cell, const void* src, const uint
             spins = 0
             since = 0
         if backoff(&spins, &since):
-            if owner_gone(m, owner, True) and claim_cell(cell, &w):
+            if owner_gone(m, owner) and claim_cell(m, cell, &w):
                 break
             return -EBUSY
         # acquire: as above

@@ -78,6 +78,13 @@ def init_header(Mapping mapping, dict spec):
     # release: every field above is visible before an opener can see the magic
     shm_store_release(&h.magic, SHMRCU_MAP_MAGIC)
 
+def mark_freed(Mapping mapping):
+    """The map's runtime is being destroyed: readers of the map raise from now on."""
+    cdef map_header* h = <map_header*>mapping.addr
+    if mapping.size >= sizeof(map_header):
+        # release: as any state change the controller makes (handles load it relaxed)
+        shm_store_release(&h.state, SHMRCU_MAP_FREED)
+
 def read_header(Mapping mapping, uint64_t expected_id, str where, double wait_s=0.5):
     """Validate a mapped map header against its real size; return it as a dict.
 

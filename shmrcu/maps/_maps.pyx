@@ -123,6 +123,7 @@ cdef class MapCore:
         self.view.is_hash = shmrcu_kind_is_hash(h.kind)
         self.view.cells = shmrcu_map_has_cells(h)
         self.view.probe_fd = control.check_fd
+        self.view.writer_id = control.writer_id
         self.view.buf_stride = <uint32_t>shmrcu_round_up(h.value_size, 8)
         lg = 0
         while self.view.is_hash and (<uint64_t>1 << lg) < h.capacity:
@@ -177,6 +178,7 @@ cdef class MapCore:
         # relaxed: the state is advisory for handles; the mapping itself stays
         # valid until this process unmaps it at a quiescent point (drop_freed)
         if shm_load_relaxed(&self.view.hdr.state) == <uint64_t>SHMRCU_MAP_FREED:
+            (<ControlBlock>self.control).check_not_destroyed()   # RuntimeDestroyed says more
             raise MapClosed(f"map {self.id} was freed by the controller")
         if write and not self.view.writable:
             raise ReadOnlyMap(f"map {self.id} is worker_readonly: only the controller may write it")

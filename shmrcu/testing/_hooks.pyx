@@ -2,14 +2,12 @@
 """TEST ONLY: what a writer killed at the worst instruction leaves behind in a map.
 
 ``abandon_insert(m, key)`` -- a hash slot claimed, written and PENDING, never published;
-``abandon_update(m, key, value)`` -- a whole-value cell claimed in this process's name with
-half of ``value`` in its spare buffer, never published; ``forge_claim(m, key, pid)`` -- the
-cell claimed in the name of ``pid``; ``stale_update(m, key, value)`` -- an update that found
+``abandon_update(m, key, value)`` -- a whole-value cell claimed in this process's name (its
+writer id) with half of ``value`` in its spare buffer, never published;
+``forge_claim(m, key, writer_id)`` -- the cell claimed in the name of any writer id; ``stale_update(m, key, value)`` -- an update that found
 ``key`` and then lost it to a delete before it could publish.  A test calls one, then kills
 the process (or pretends to be another writer) and checks what readers and writers do.
 """
-import os
-
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 from libc.errno cimport EBUSY
@@ -63,7 +61,7 @@ def abandon_update(MapCore m, key, value):
     cell = value_at(&m.view, <uint64_t>e, copy)
     # acquire / acq_rel: as cell_write's claim
     w = shm_load_acquire(<uint64_t*>cell)
-    if <uint32_t>w != 0 or not shm_cas_acq_rel(<uint64_t*>cell, w, w | <uint64_t>os.getpid()):
+    if <uint32_t>w != 0 or not shm_cas_acq_rel(<uint64_t*>cell, w, w | m.view.writer_id):
         raise ShmrcuError("the cell is claimed by another writer", errno=EBUSY)
     memcpy(cell + SHMRCU_CELL_HDR + (((w >> 32) + 1) & 1) * m.view.buf_stride,
            buf_ptr(vb, &vsmall), m.view.value_size // 2)
@@ -71,8 +69,8 @@ def abandon_update(MapCore m, key, value):
 
 
 
-def forge_claim(MapCore m, key, uint32_t pid):
-    """Claim ``key``'s value cell in the name of ``pid`` (any process, attached or not)."""
+def forge_claim(MapCore m, key, uint32_t writer_id):
+    """Claim ``key``'s value cell in the name of ``writer_id`` (attached or not)."""
     cdef uint64_t w
     cdef char* cell
     m.check(True)
@@ -81,13 +79,13 @@ def forge_claim(MapCore m, key, uint32_t pid):
     cell = value_at(&m.view, <uint64_t>m.entry_of(key), 0)
     # acquire / acq_rel: as cell_write's claim
     w = shm_load_acquire(<uint64_t*>cell)
-    if <uint32_t>w != 0 or not shm_cas_acq_rel(<uint64_t*>cell, w, w | pid):
+    if <uint32_t>w != 0 or not shm_cas_acq_rel(<uint64_t*>cell, w, w | writer_id):
         raise ShmrcuError("the cell is claimed by another writer", errno=EBUSY)
     return w >> 32
 
 
 def cell_word(MapCore m, key):
-    """(version, writer pid) of ``key``'s value cell."""
+    """(version, writer id) of ``key``'s value cell."""
     cdef uint64_t w
     m.check(False)
     if not m.view.cells:

@@ -84,7 +84,7 @@ def abandon_update_and_die(rt_name: str, map_name: str, key, value, results) -> 
     rt = shmrcu.Runtime.attach(rt_name)
     m = rt.map(map_name)
     _hooks.abandon_update(m, key, value)
-    results.put(("claimed", os.getpid()))
+    results.put(("claimed", rt._control.writer_id))
     time.sleep(0.2)               # let the queue's feeder thread flush
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -94,5 +94,5 @@ def abandon_update_and_hang(rt_name: str, map_name: str, key, value, results) ->
     rt = shmrcu.Runtime.attach(rt_name)
     m = rt.map(map_name)
     _hooks.abandon_update(m, key, value)
-    results.put(("claimed", os.getpid()))
+    results.put(("claimed", rt._control.writer_id))
     time.sleep(600)

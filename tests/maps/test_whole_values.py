@@ -176,14 +176,17 @@ def test_live_writer_sitting_on_its_claim_gives_ebusy_not_a_hang(runtime, procs)
     assert m[1] == (5, 5)
 
 
-def test_stale_claim_in_our_own_pid_is_taken_over(runtime):
-    """A claim in this process's pid while no thread of it is writing: a dead process whose
-    pid we were given.  The next update takes it over instead of waiting for itself."""
+def test_claim_in_our_own_writer_id_is_never_taken_over(runtime):
+    """A claim in this process's writer id is a thread of ours writing: it is waited for
+    (EBUSY after 1 s), never taken over -- writer ids are never reused, so no other
+    process, in any pid namespace, can hold one that looks like ours."""
     m = runtime.create_map("hash", key="I", value="QQ", max_entries=8, name="w")
     m[1] = (1, 1)
     _hooks.abandon_update(m, 1, (2, 2))
-    m[1] = (3, 3)
-    assert m[1] == (3, 3)
+    assert _hooks.cell_word(m, 1)[1] == runtime._control.writer_id != 0
+    with pytest.raises(ShmrcuError) as ei:
+        m[1] = (3, 3)
+    assert ei.value.errno == errno.EBUSY and m[1] == (1, 1)
 
 
 def test_updates_through_every_api_stay_whole_and_correct(runtime):
@@ -242,35 +245,66 @@ def test_memory_per_entry_at_most_doubled(runtime):
         _mapheader.segment_size(_maps.KIND_HASH, 4, 8, 1000, 1, _maps.F_WHOLE_VALUES)
 
 
-def test_claim_of_a_live_process_that_is_not_attached_is_taken_over(runtime):
-    """Writers tell the living from the dead by the writer mark, not the pid: a claim in the
-    name of a live process that is not attached to the runtime (a dead writer's pid, reused
-    by an unrelated process) is taken over at once."""
-    import subprocess
+def test_claim_of_a_writer_that_is_not_attached_is_taken_over(runtime):
+    """Writers tell the living from the dead by the writer mark of the claim's writer id:
+    a claim in the name of an id nobody holds (its process died, or detached) is taken
+    over at once."""
     m = runtime.create_map("hash", key="I", value="QQ", max_entries=8, name="w")
     m[1] = (1, 1)
-    stranger = subprocess.Popen(["sleep", "30"])
+    _hooks.forge_claim(m, 1, 99_999)
+    assert _hooks.cell_word(m, 1)[1] == 99_999
+    t0 = time.monotonic()
+    m[1] = (2, 2)
+    assert time.monotonic() - t0 < 0.5
+    assert m[1] == (2, 2) and _hooks.cell_word(m, 1)[1] == 0
+
+
+def _writer_marks_on(path):
+    """Writer-mark OFD locks (byte >= 2^41) on the file at ``path``, from /proc/locks."""
+    st = os.stat(path)
+    n = 0
+    with open("/proc/locks") as f:
+        for line in f:
+            parts = line.split()
+            dev_ino = parts[5] if parts[1] != "->" else parts[6]
+            if "OFDLCK" in line and dev_ino.endswith(f":{st.st_ino}") and int(parts[-2]) >= 1 << 41:
+                n += 1
+    return n
+
+
+def test_writer_marks_follow_the_runtime_file_not_its_name(runtime, rt_name):
+    """One writer id per process and runtime *file*, shared by its Runtime objects; a
+    runtime destroyed and re-created under the same name is another file: attaching the
+    new one before closing an old Runtime object must not leave the new one unmarked."""
+    import shmrcu
+    from shmrcu.core import segment as seg
+    other = shmrcu.Runtime.attach(runtime.name)
+    assert other._control.writer_id == runtime._control.writer_id != 0
+    runtime.destroy()                                  # `other` still open on the old file
+    again = shmrcu.Runtime.create(rt_name)
     try:
-        _hooks.forge_claim(m, 1, stranger.pid)
-        assert _hooks.cell_word(m, 1)[1] == stranger.pid
-        t0 = time.monotonic()
-        m[1] = (2, 2)
-        assert time.monotonic() - t0 < 0.5
-        assert m[1] == (2, 2) and _hooks.cell_word(m, 1)[1] == 0
+        new_path = seg.SHM_DIR + seg.shm_name(rt_name, "ctl")
+        assert _writer_marks_on(new_path) == 1
+        worker = shmrcu.Runtime.attach(rt_name)        # the natural order: attach new, close old
+        assert worker._control.writer_id == again._control.writer_id
+        with pytest.raises(shmrcu.RuntimeDestroyed):
+            other.reader()
+        other.close()
+        assert _writer_marks_on(new_path) == 1         # still marked: keyed by file
+        worker.close()
+        assert _writer_marks_on(new_path) == 1         # `again` still holds it
     finally:
-        stranger.kill()
-        stranger.wait()
+        again.destroy()
 
 
 def test_claim_of_an_attached_live_process_is_never_taken_over(runtime, procs):
-    """...while the claim of a live process attached to the runtime is respected (EBUSY),
-    even if its pid is not a process this one could signal or see in /proc."""
+    """...while the claim of a live process attached to the runtime is respected (EBUSY)."""
     m = runtime.create_map("hash", key="I", value="QQ", max_entries=8, name="w")
     m[1] = (1, 1)
     results = procs.ctx.Queue()
     procs.start(_whole_procs.abandon_update_and_hang, runtime.name, "w", 1, (2, 2), results)
-    pid = _wait_claimed(results)
-    assert _hooks.cell_word(m, 1)[1] == pid
+    wid = _wait_claimed(results)
+    assert _hooks.cell_word(m, 1)[1] == wid
     with pytest.raises(ShmrcuError) as ei:
         m[1] = (3, 3)
     assert ei.value.errno == errno.EBUSY
