@@ -355,7 +355,6 @@ class Runtime:
             raise ReaderClosed(f"runtime {self.name!r} is closed")
         if self._needs_attach:
             self._reattach()
-        self.__control.raise_if_destroyed()
 
     @property
     def closed(self) -> bool:
@@ -392,6 +391,7 @@ class Runtime:
         """Register a reader (a worker slot) for the calling thread; ``NoFreeSlot`` when
         all are taken.  Readers are per thread: make one in each thread that reads."""
         self._check_open()
+        self._control.raise_if_destroyed()
         lock_fd = self._segment.reopen_fd()   # its own OFD: the slot lock dies with us
         # under the housekeeping lock: the slot starts at what this process has really
         # unmapped, and no housekeeping pass can advance that before r is registered
@@ -568,6 +568,7 @@ class Runtime:
         """Open a map by name or id."""
         from . import maps
         self._check_open()
+        self._control.raise_if_destroyed()
         return maps.open_map(self, name_or_id)
 
     def maps(self) -> list[dict]:

@@ -263,17 +263,18 @@ def _outer_refs(rt, infos: list[dict]) -> dict[int, list[dict]]:
 
 
 def _map_record(rt, info: dict, refs: dict[int, list[dict]]) -> dict:
-    entries = None
+    entries = version = None
     if info["state"] != "freed":
         try:
-            entries = len(rt.map(info["id"]))
+            m = rt.map(info["id"])
+            entries, version = len(m), m.version
         except (ShmrcuError, OSError, KeyError):
             entries = None
     return {
         "id": info["id"], "name": info["name"], "kind": info["kind"], "state": info["state"],
         "key": info["key"], "key_size": _format_size(info["key"]),
         "value": info["value"], "value_size": _format_size(info["value"]),
-        "max_entries": info["max_entries"], "entries": entries,
+        "max_entries": info["max_entries"], "entries": entries, "version": version,
         "bytes": segment_bytes(rt.name, f"map.{info['id']}"),
         "flags": list(info.get("flags") or ()),
         "referenced_by": refs.get(info["id"], []),

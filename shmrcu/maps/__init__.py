@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -218,6 +219,50 @@ class _OuterMap(Map):
         if hook is not None:
             hook(sync)
 
+    def replace(self, key, rows, *, max_entries: int | None = None, name: str | None = None) -> dict:
+        """Reload one table in one call (controller only): build a new inner map matching
+        the template from ``rows``, swap it in at ``key`` (one grace period, or the
+        enclosing ``rt.batch()``'s), retire the map it replaces, and say what happened.
+
+        ``rows``: a mapping, an iterable of ``(key, value)`` pairs, a numpy structured
+        array or a pandas DataFrame (first column the key, the others the value fields),
+        or a ``(keys, values)`` pair of packed buffers (``update_batch``).  The new map's
+        ``version`` is the old one's + 1 (1 for an empty slot).  ``max_entries``: for
+        hash inner maps (default: the template's).  If filling fails, nothing is swapped
+        and the half-built map is retired.  Returns ``{key, map_id, old_map_id, version,
+        entries, bytes, seconds}``."""
+        t0 = time.perf_counter()
+        rt = self.runtime
+        rt.controller                                  # NotController unless we hold the lease
+        t = self.inner_template
+        kind = t["kind"]
+        spec = {"value": t["value"], "worker_readonly": t["worker_readonly"],
+                "max_entries": t["max_entries"] if KINDS[kind] in _ARRAYS or max_entries is None
+                else max_entries}
+        if KINDS[kind] not in _ARRAYS:
+            spec["key"] = t["key"]
+        elif t["whole_values"]:
+            spec["whole_values"] = True
+        new = rt.create_map(kind, name=name, **spec)
+        try:
+            entries = _fill(new, rows)
+            try:
+                old_id = self._lookup_id(key)
+            except KeyError:
+                old_id = 0
+            old_version = _open_id(rt, old_id).version if old_id else 0
+            new.version = old_version + 1
+            old = self.swap(key, new)
+        except BaseException:
+            rt.retire(new)                             # never published: freed after a grace period
+            raise
+        if old is not None:
+            rt.retire(old)
+        return {"key": key, "map_id": new.id, "old_map_id": old.id if old is not None else None,
+                "version": old_version + 1, "entries": entries,
+                "bytes": new.mapping.size,
+                "seconds": time.perf_counter() - t0}
+
     def inner_ids(self) -> list[int]:
         return self._ids()
 
@@ -252,6 +297,34 @@ class _OuterMap(Map):
         if diff:
             raise TemplateMismatch(f"inner map {inner.id} does not match the template of "
                                    f"{self.kind} {self.id}: " + "; ".join(diff))
+
+
+def _fill(m: Map, rows) -> int:
+    """Write ``rows`` (see ``_OuterMap.replace``) into the fresh map ``m``; the count."""
+    if isinstance(rows, tuple) and len(rows) == 2 and all(
+            isinstance(b, (bytes, bytearray, memoryview)) or hasattr(b, "__array_interface__")
+            for b in rows):
+        return m.update_batch(rows[0], rows[1])
+    nvalue = len(_formats.parse(m.value_format, "value").fields)
+
+    def pairs_of(records):
+        for rec in records:
+            rec = tuple(rec)
+            yield rec[0], (rec[1] if nvalue == 1 else tuple(rec[1:]))
+
+    if hasattr(rows, "itertuples"):                    # pandas DataFrame
+        it = pairs_of(rows.itertuples(index=False, name=None))
+    elif getattr(getattr(rows, "dtype", None), "names", None):   # numpy structured array
+        it = pairs_of(rows.tolist())
+    elif hasattr(rows, "items"):
+        it = rows.items()
+    else:
+        it = rows
+    n = 0
+    for k, v in it:
+        m[k] = v
+        n += 1
+    return n
 
 
 class SectionBound:

@@ -11,7 +11,7 @@ inlined and folded when the translation unit around them is small.
 ``lookup_batch`` / ``update_batch`` / ``delete_batch`` methods.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport EAGAIN
+from libc.errno cimport EAGAIN, ENOENT
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 
@@ -19,7 +19,7 @@ from shmrcu.core._layout cimport shm_load_relaxed
 from shmrcu.maps._kernels cimport (map_view, PREFETCH_AHEAD, hash_bytes, home_of, slot_at, value_at,
                                    hash_find_n, mv_find, mv_read, mv_update, mv_delete, advance_epoch)
 from shmrcu.maps._maplayout cimport SHMRCU_ANY, SHMRCU_MAP_ARRAY_OF_MAPS, SHMRCU_MAP_HASH_OF_MAPS
-from shmrcu.maps._maps cimport MapCore
+from shmrcu.maps._maps cimport MapCore, buf_ptr
 
 from ..errors import ShmrcuError, UnsupportedOperation
 
@@ -106,6 +106,43 @@ cdef Py_ssize_t batch_lookup(map_view* m, const char* keys, Py_ssize_t n, char* 
                 sum += shm_load_relaxed(<uint64_t*>value_at(m, <uint64_t>e, c))
             (<uint64_t*>(out + i * 8))[0] = sum
     return n
+
+cdef Py_ssize_t batch_lookup_default(map_view* m, const char* keys, Py_ssize_t n, char* out,
+                                     const char* dflt, uint8_t* found, int* rc) noexcept nogil:
+    """Like batch_lookup, but a missing key does not stop the batch: its value is
+    ``dflt`` (NULL: left as it is) and ``found[i]`` (if not NULL) says which were there.
+    Returns how many keys were found; another error (an array index out of range) stops
+    it: rc[0] is set and the return value is that key's index."""
+    cdef Py_ssize_t i, hits = 0
+    cdef int64_t e
+    cdef uint32_t ks = m.key_size
+    cdef uint32_t vs = m.value_size if m.n_copies == 1 else 8
+    cdef uint32_t c
+    cdef uint64_t sum
+    rc[0] = 0
+    for i in range(n):
+        e = mv_find(m, keys + i * ks)
+        if e < 0:
+            if e != -ENOENT:
+                rc[0] = <int>e
+                return i              # where it stopped (batch_error names that key)
+            if found != NULL:
+                found[i] = 0
+            if dflt != NULL:
+                memcpy(out + i * vs, dflt, vs)
+            continue
+        hits += 1
+        if found != NULL:
+            found[i] = 1
+        if m.n_copies == 1:
+            mv_read(m, <uint64_t>e, 0, out + i * vs)
+        else:
+            sum = 0
+            for c in range(m.n_copies):
+                # relaxed: each copy's owner stores whole words
+                sum += shm_load_relaxed(<uint64_t*>value_at(m, <uint64_t>e, c))
+            (<uint64_t*>(out + i * 8))[0] = sum
+    return hits
 
 cdef struct lookup_job:
     map_view* m
@@ -203,19 +240,29 @@ cdef inline object as_bytes_view(object buf, bint writable, str what):
 cdef class MapBatch(MapCore):
     """MapCore plus batches over buffers (the base of every ``shmrcu.maps`` handle)."""
 
-    def lookup_batch(self, keys, out=None, *, int threads=1):
+    def lookup_batch(self, keys, out=None, *, int threads=1, default=None, found=None):
         """Look up every key of the buffer ``keys`` (packed keys, e.g. a numpy array whose
         itemsize is the key size) without the GIL; values go to ``out`` (allocated when
         None: a numpy array for one-integer values if numpy is there, else a bytearray).
         Returns ``out``.  Stops at the first missing key: the error has ``.count``, the
         number of keys looked up before it.  ``threads > 1`` splits a large batch
         (>= 16384 keys per thread) over that many threads, all inside the caller's
-        read-side section."""
+        read-side section.
+
+        Blocklist style: with ``default=`` (a value) and/or ``found=`` (a writable buffer
+        of one byte per key, e.g. ``numpy.zeros(n, bool)``), a missing key does not stop
+        the batch: its value is ``default`` (or left as it was in ``out``) and
+        ``found[i]`` is 0 (1 for keys that are there)."""
         cdef const uint8_t[::1] kv
         cdef uint8_t[::1] ov
+        cdef uint8_t[::1] fv
         cdef Py_ssize_t n, done
         cdef int rc = 0
         cdef uint32_t osize
+        cdef uint64_t dsmall
+        cdef const char* dptr = NULL
+        cdef uint8_t* fptr = NULL
+        cdef object db = None
         self.check(False)
         kv = as_bytes_view(keys, False, "keys")
         if kv.shape[0] % self.view.key_size:
@@ -234,6 +281,26 @@ cdef class MapBatch(MapCore):
         ov = as_bytes_view(out, True, "out")
         if ov.shape[0] < n * osize:
             raise ValueError(f"out holds {ov.shape[0]} bytes, {n * osize} needed")
+        if default is not None or found is not None:
+            if self.view.kind == SHMRCU_MAP_ARRAY_OF_MAPS or self.view.kind == SHMRCU_MAP_HASH_OF_MAPS:
+                raise UnsupportedOperation("outer maps: look inner ids up one key at a time")
+            if default is not None:
+                db = self.value_bytes(default, &dsmall)
+                dptr = buf_ptr(db, &dsmall)
+            if found is not None:
+                fv = as_bytes_view(found, True, "found")
+                if fv.shape[0] < n:
+                    raise ValueError(f"found holds {fv.shape[0]} bytes, one per key ({n}) needed")
+                if n:
+                    fptr = &fv[0]
+            if n == 0:
+                return out
+            with nogil:
+                done = batch_lookup_default(&self.view, <const char*>&kv[0], n, <char*>&ov[0],
+                                            dptr, fptr, &rc)
+            if rc < 0:
+                self.batch_error(rc, kv, done)
+            return out
         if n == 0:
             return out
         if threads < 1:

@@ -30,15 +30,17 @@ from shmrcu.maps._maplayout cimport (map_header, SHMRCU_MAP_ARRAY_OF_MAPS, SHMRC
                                      SHMRCU_CELL_HDR)
 
 cdef struct map_view:
+    # 120 bytes: small enough for the compiler to keep a local copy in registers (the
+    # pipelined batch lookup depends on it) -- mind the size when adding a field
     char* base               # start of the mapping (the map_header)
     map_header* hdr
     control_header* ctl      # the runtime's control header (epochs for tombstone reuse)
-    uint32_t kind
     uint32_t key_size
     uint32_t key_stride
     uint32_t value_size
     uint32_t n_copies
     uint32_t max_entries
+    uint32_t writer_id       # this process's writer id on the runtime: whole-value claims
     uint64_t capacity
     uint64_t mask            # hash: capacity - 1
     uint32_t shift           # hash: 64 - log2(capacity); a key's home slot is hash >> shift
@@ -48,13 +50,11 @@ cdef struct map_view:
     char* values
     uint64_t value_stride
     uint64_t copy_stride
-    # one byte each: the view stays 128 bytes, small enough for the compiler to keep a
-    # local copy in registers (the pipelined batch lookup depends on it)
+    uint8_t kind             # SHMRCU_MAP_* (_maplayout.h)
     uint8_t is_hash
     uint8_t writable
     uint8_t cells            # values are double-buffered cells (_maplayout.h)
     int probe_fd             # the runtime's control segment: probes writer marks (_layout.h)
-    uint32_t writer_id       # this process's writer id on the runtime: whole-value claims
 
 # slot states (_maplayout.h), under the short names the kernels use
 cdef extern from "_maplayout.h" nogil:

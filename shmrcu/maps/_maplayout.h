@@ -114,7 +114,9 @@ typedef struct {
     /* --- lifecycle: written by the controller, read by every handle's check */
     uint64_t state;             /* SHMRCU_MAP_LIVE / RETIRED / FREED */
     uint64_t state_epoch;       /* global epoch when the state last changed (controller's use) */
-    uint8_t _pad1[64 - 16];
+    uint64_t version;           /* the user's version word (m.version: e.g. the table's reload
+                                   number, set by outer.replace); readers load it with acquire */
+    uint8_t _pad1[64 - 24];
 
     /* --- live-key count: hot for inserts and deletes, own cache line */
     uint64_t count;

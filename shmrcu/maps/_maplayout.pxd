@@ -79,6 +79,7 @@ cdef extern from "_maplayout.h" nogil:
         char inner_value_format[48]
         uint64_t state
         uint64_t state_epoch
+        uint64_t version
         uint64_t count
 
     ctypedef struct dir_entry:

@@ -644,6 +644,20 @@ cdef class MapCore:
         # acquire: pairs with the controller's release store of the state
         return shm_load_acquire(&self.view.hdr.state)
 
+    @property
+    def version(self):
+        """The map's version word: 0 until set (``outer.replace`` numbers the tables it
+        builds 1, 2, ...); any process reads it, writers set it with ``m.version = n``."""
+        self.check(False)
+        # acquire: pairs with the setter's release (what it versions was written first)
+        return shm_load_acquire(&self.view.hdr.version)
+
+    @version.setter
+    def version(self, uint64_t value):
+        self.check(True)
+        # release: the contents written before are visible to whoever sees this version
+        shm_store_release(&self.view.hdr.version, value)
+
     def _set_state(self, uint64_t state):
         """Controller hook: move the map to LIVE / RETIRED / FREED (recording the epoch)."""
         if self.closed:

@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 
+import shmrcu
 from shmrcu import maps
 from shmrcu.errors import KeyExists, KeyNotFound, MapFull, ReadOnlyMap
 
@@ -111,3 +112,28 @@ def test_lookup_batch_threads_agree_and_count(runtime):
     assert ei.value.count == 70000 and ei.value.args[0] == 1 << 50
     with pytest.raises(ValueError):
         m.lookup_batch(look, threads=0)
+
+
+def test_lookup_batch_with_default_and_found_mask_does_not_stop(runtime):
+    """Blocklist checks: a missing key gets the default and found[i] == 0, and the batch
+    goes on; an array index out of range still stops it, naming the key."""
+    np = pytest.importorskip("numpy")
+    m = runtime.create_map("hash", key="I", value="QQ", max_entries=64)
+    m[3] = (30, 31)
+    m[5] = (50, 51)
+    keys = np.array([1, 3, 4, 5], dtype=np.uint32)
+    found = np.zeros(4, dtype=bool)
+    out = m.lookup_batch(keys, default=(7, 7), found=found)
+    assert list(found) == [False, True, False, True]
+    assert bytes(out) == np.array([7, 7, 30, 31, 7, 7, 50, 51], dtype=np.uint64).tobytes()
+    ints = runtime.create_map("hash", key="I", value="Q", max_entries=8)
+    ints[2] = 20
+    assert list(ints.lookup_batch(keys, default=0)) == [0, 0, 0, 0]
+    assert list(ints.lookup_batch(np.array([2, 9], dtype=np.uint32), default=-1 & 0xffffffffffffffff,
+                                  found=np.zeros(2, bool))) == [20, 2**64 - 1]
+    with pytest.raises(ValueError, match="one per key"):
+        m.lookup_batch(keys, found=np.zeros(2, bool))
+    arr = runtime.create_map("array", value="Q", max_entries=4)
+    with pytest.raises(shmrcu.IndexOutOfRange) as ei:
+        arr.lookup_batch(np.array([1, 9, 2], dtype=np.uint32), default=0)
+    assert ei.value.count == 1

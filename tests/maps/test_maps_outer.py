@@ -123,3 +123,39 @@ def test_swap_calls_update_policy(runtime):
     finally:
         del runtime._after_outer_update
     assert calls == [True, False, True]
+
+
+def test_replace_reloads_a_table_in_one_call(runtime):
+    """outer.replace: a new inner map matching the template, filled, swapped in (one grace
+    period), the old one retired; the table's number is the inner map's version."""
+    np = pytest.importorskip("numpy")
+    tmpl = runtime.create_map("hash", key="I", value="QQ", max_entries=16)
+    outer = runtime.create_map("array_of_maps", max_entries=2, inner=tmpl, name="cfg")
+    info = outer.replace(0, {1: (10, 11), 2: (20, 21)})
+    assert info["version"] == 1 and info["entries"] == 2 and info["old_map_id"] is None
+    first = outer[0]
+    assert first.id == info["map_id"] and first.version == 1 and dict(first.items()) == {1: (10, 11), 2: (20, 21)}
+    rows = np.array([(3, 30, 31), (4, 40, 41)], dtype=[("k", "u4"), ("a", "u8"), ("b", "u8")])
+    info2 = outer.replace(0, rows, max_entries=32)
+    assert info2["version"] == 2 and info2["old_map_id"] == first.id and info2["entries"] == 2
+    assert outer[0].version == 2 and dict(outer[0].items()) == {3: (30, 31), 4: (40, 41)}
+    assert outer[0].max_entries == 32 and first.state in ("retired", "freed")
+    info3 = outer.replace(0, [(5, (50, 51))])                  # plain pairs
+    assert info3["version"] == 3 and outer[0][5] == (50, 51)
+    before = outer[0].id
+    with pytest.raises(TypeError):
+        outer.replace(0, [("not an int", (1, 1))])             # nothing swapped on failure
+    assert outer[0].id == before and outer[0].version == 3
+    runtime.barrier(timeout=10)
+    assert sorted(m["id"] for m in runtime.maps() if m["state"] == "live") == sorted([tmpl.id, outer.id, before])
+
+
+def test_replace_needs_the_controller(runtime, rt_name):
+    tmpl = runtime.create_map("hash", key="I", value="Q", max_entries=4)
+    runtime.create_map("array_of_maps", max_entries=1, inner=tmpl, name="cfg")
+    other = shmrcu.Runtime.attach(rt_name)
+    try:
+        with pytest.raises(shmrcu.NotController):
+            other.map("cfg").replace(0, {1: 1})
+    finally:
+        other.close()
