@@ -77,7 +77,7 @@ def cmd_map_show(args) -> int:
 
 
 def cmd_map_dump(args) -> int:
-    d = ops.map_dump(args.name, args.map)
+    d = ops.map_dump(args.name, args.map, args.format, args.value_format)
     if args.json or args.pretty:
         _dump_json(d, args.pretty)
         return 0
@@ -179,10 +179,16 @@ def _conf_map(mp_: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_handler("map show", cmd_map_show))
     p = msub.add_parser("dump", help="the entries of one map")
     _setup(p, "Print every entry of a map: `key: ... value: ...` lines and `Found N elements`.\n"
-              "Outer maps (array_of_maps, hash_of_maps) print `inner_map_id` instead of a value.",
-           "example:\n  shmrcu map dump net flows\n  shmrcu map dump net 3 -j | jq .count")
+              "Outer maps (array_of_maps, hash_of_maps) print `inner_map_id` instead of a value;\n"
+              "OUTER[KEY] dumps the inner map in that slot, read inside one read-side section.",
+           "example:\n  shmrcu map dump net flows\n  shmrcu map dump net 3 -j | jq .count\n"
+           "  shmrcu map dump net 'blocklist[0]' --format ipv4")
     p.add_argument("name", help="runtime name")
-    p.add_argument("map", help="map name, or map id (digits)")
+    p.add_argument("map", help="map name, map id (digits), or OUTER[KEY]")
+    p.add_argument("--format", choices=ops.DISPLAY_FORMATS, default=None,
+                   help="show keys as ipv4, ipv6, hex or int")
+    p.add_argument("--value-format", choices=ops.DISPLAY_FORMATS, default=None,
+                   help="show values (each field) as ipv4, ipv6, hex or int")
     _json_flags(p)
     p.set_defaults(func=_handler("map dump", cmd_map_dump))
 

@@ -19,6 +19,7 @@ import errno as _errno
 import fcntl
 import os
 import re
+import socket
 import struct
 import time
 from typing import Any, Iterator
@@ -305,43 +306,143 @@ def _resolve_map(rt, which: str | int):
                            f"(`shmrcu map show {rt.name}` lists them)") from None
 
 
-def map_dump(name: str, which: str | int) -> dict:
-    """The entries of one map (by name, or by id given as an int or digits).
+DISPLAY_FORMATS = ("ipv4", "ipv6", "hex", "int")
+
+
+def _display(v: Any, fmt: str | None) -> Any:
+    """A key or value shown as ``fmt`` (ipv4, ipv6, hex, int), field by field."""
+    if fmt is None:
+        return v
+    if isinstance(v, tuple):
+        return tuple(_display(x, fmt) for x in v)
+    if isinstance(v, (bytes, bytearray)):
+        b = bytes(v)
+        if fmt == "ipv4" and len(b) == 4:
+            return socket.inet_ntoa(b)
+        if fmt == "ipv6" and len(b) == 16:
+            return socket.inet_ntop(socket.AF_INET6, b)
+        if fmt == "hex":
+            return b.hex()
+        if fmt == "int":
+            return int.from_bytes(b, "big")
+        raise OpsError(f"cannot show the {len(b)}-byte string {b!r} as {fmt}")
+    if isinstance(v, int):
+        if fmt == "ipv4" and 0 <= v < 1 << 32:
+            return socket.inet_ntoa(v.to_bytes(4, "big"))
+        if fmt == "ipv6" and 0 <= v < 1 << 128:
+            return socket.inet_ntop(socket.AF_INET6, v.to_bytes(16, "big"))
+        if fmt == "hex":
+            return hex(v)
+        if fmt == "int":
+            return v
+        raise OpsError(f"cannot show {v!r} as {fmt}")
+    return v
+
+
+def _outer_slot(which: str):
+    """``OUTER[KEY]`` -> ("OUTER", "KEY"); anything else -> (which, None)."""
+    if isinstance(which, str) and which.endswith("]") and "[" in which:
+        outer, _, key = which[:-1].partition("[")
+        return outer, key
+    return which, None
+
+
+def _outer_key(outer, text: str):
+    """The KEY of ``OUTER[KEY]`` in the outer map's key format (int, or str for bytes keys)."""
+    fmt = outer.key_format
+    if fmt.lstrip("@=<>!") in ("I", "Q", "H", "B", "L", "i", "q", "h", "b", "l"):
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise OpsError(f"key {text!r} of {outer.name or outer.id}[...] must be an integer "
+                           f"(key format {fmt!r})") from None
+    return text
+
+
+def map_dump(name: str, which: str | int, key_format: str | None = None,
+             value_format: str | None = None) -> dict:
+    """The entries of one map (by name, or by id given as an int or digits), or of the inner
+    map currently in slot KEY of an outer map, ``"OUTER[KEY]"`` -- resolved and read inside
+    one read-side section, so the slot cannot change map between two steps.
 
     ``{"map": <map record>, "count": N, "entries": [...]}``; an entry is
     ``{"key", "value"}`` (per-worker maps add ``"per_worker"``: one value per
-    slot), or ``{"key", "inner_map_id"}`` for outer maps."""
+    slot), or ``{"key", "inner_map_id"}`` for outer maps.  ``key_format`` /
+    ``value_format``: show keys / values as ipv4, ipv6, hex or int."""
+    for f in (key_format, value_format):
+        if f is not None and f not in DISPLAY_FORMATS:
+            raise OpsError(f"unknown display format {f!r}; choose one of {', '.join(DISPLAY_FORMATS)}")
+    outer_name, slot = _outer_slot(which)
     with attached(name) as rt:
-        m = _resolve_map(rt, which)
-        with user_errors(f"map {which!r} of runtime {name!r}"):
-            info = next((i for i in rt.maps() if i["id"] == m.id), None)
-            if info is None:
-                raise OpsError(f"map {which!r} of runtime {name!r} was freed")
-            entries: list[dict] = []
-            if m.kind in ("array_of_maps", "hash_of_maps"):
-                for k in m.keys():
+        if slot is None:
+            m = _resolve_map(rt, which)
+            return _dump(rt, name, which, m, key_format, value_format)
+        outer = _resolve_map(rt, outer_name)
+        if outer.kind not in ("array_of_maps", "hash_of_maps"):
+            raise OpsError(f"{outer_name!r} is a {outer.kind} map, not an outer map: "
+                           f"`map dump {name} {outer_name}` dumps it")
+        key = _outer_key(outer, slot)
+        with user_errors(f"{which!r} of runtime {name!r}"), rt.reader() as r, r.section():
+            try:
+                inner = outer[key]
+            except KeyError:
+                raise OpsError(f"{which!r} of runtime {name!r} holds no map") from None
+            return _dump(rt, name, which, inner, key_format, value_format)
+
+
+def _dump(rt, name, which, m, key_format, value_format) -> dict:
+    with user_errors(f"map {which!r} of runtime {name!r}"):
+        info = next((i for i in rt.maps() if i["id"] == m.id), None)
+        if info is None:
+            raise OpsError(f"map {which!r} of runtime {name!r} was freed")
+        entries: list[dict] = []
+        if m.kind in ("array_of_maps", "hash_of_maps"):
+            for k in m.keys():
+                try:
+                    inner = m._lookup_id(k)
+                except KeyError:
+                    continue
+                if inner:
+                    entries.append({"key": _jsonable(_display(k, key_format)), "inner_map_id": int(inner)})
+        else:
+            per_worker = m.kind.startswith("per_worker")
+            for k, v in m.items():
+                e = {"key": _jsonable(_display(k, key_format)), "value": _jsonable(_display(v, value_format))}
+                if per_worker:
                     try:
-                        inner = m._lookup_id(k)
+                        e["per_worker"] = [_jsonable(_display(x, value_format)) for x in m.per_worker(k)]
                     except KeyError:
                         continue
-                    if inner:
-                        entries.append({"key": _jsonable(k), "inner_map_id": int(inner)})
-            else:
-                per_worker = m.kind.startswith("per_worker")
-                for k, v in m.items():
-                    e = {"key": _jsonable(k), "value": _jsonable(v)}
-                    if per_worker:
-                        try:
-                            e["per_worker"] = [_jsonable(x) for x in m.per_worker(k)]
-                        except KeyError:
-                            continue
-                    entries.append(e)
-            record = _map_record(rt, info, _outer_refs(rt, rt.maps()))
-        return {"runtime": name, "map": record, "count": len(entries), "entries": entries}
+                entries.append(e)
+        record = _map_record(rt, info, _outer_refs(rt, rt.maps()))
+    return {"runtime": name, "map": record, "count": len(entries), "entries": entries}
 
 
 # ---------------------------------------------------------------------------
 # stat
+
+def _mapped_freed(pid: int, name: str, in_service: set[int]) -> dict | None:
+    """What process ``pid`` still maps of this runtime's freed maps, from /proc/PID/maps (the
+    kernel's truth, not what the runtime believes): ``{ids, bytes}``; None if unreadable."""
+    prefix = f"{seg.SHM_DIR}/{seg.PREFIX}{name}.map."
+    ids: set[int] = set()
+    total = 0
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split(maxsplit=5)
+                if len(parts) < 6 or not parts[5].startswith(prefix):
+                    continue
+                path = parts[5].rstrip("\n").removesuffix(" (deleted)")
+                map_id = path[len(prefix):]
+                if map_id.isdigit() and int(map_id) not in in_service:
+                    ids.add(int(map_id))
+                    lo, hi = parts[0].split("-")
+                    total += int(hi, 16) - int(lo, 16)
+    except OSError:
+        return None
+    return {"ids": sorted(ids), "bytes": total}
+
 
 class Sampler:
     """Snapshots of one runtime; rates (events/s, cpu %) come from the previous sample."""
@@ -388,6 +489,7 @@ class Sampler:
         now_ns = time.monotonic_ns()
         seen: dict[tuple[int, int], tuple[float, dict]] = {}
         out = []
+        in_service = {m["id"] for m in self.rt.maps() if m["state"] != "freed"}
         for r in self.rt.readers_info():
             cpu, aff, secs = self._cpu(r["pid"]) if r["alive"] else (None, None, None)
             key = (r["slot"], r["pid"])
@@ -414,6 +516,7 @@ class Sampler:
                 "events_per_s": _round(ev_s, 1), "batches_per_s": _round(b_s, 1),
                 "since_advance_s": _round(since, 3), "restarts": r["restarts"],
                 "freed_seen": r["freed_seen"],
+                "mapped_freed": _mapped_freed(r["pid"], self.rt.name, in_service) if r["alive"] else None,
             })
         self._prev = seen
         return out

@@ -458,3 +458,24 @@ def test_bench_plot_without_matplotlib_is_one_line(tmp_path):
         pass
     r = shmrcu_cli("bench", "--quick", "--plot", str(tmp_path / "x.png"))
     user_error(r, "matplotlib")
+
+
+def test_map_dump_outer_slot_and_display_formats(runtime):
+    """`map dump RT OUTER[KEY]` dumps the inner map in that slot (resolved and read in one
+    section); --format / --value-format show keys and values as ipv4, ipv6, hex or int."""
+    name = runtime.name
+    tmpl = runtime.create_map("hash", key="!I", value="4sQ", max_entries=8, name="t")
+    outer = runtime.create_map("array_of_maps", max_entries=2, inner=tmpl, name="blocklist")
+    outer.replace(1, {0x0a000001: (b"\xc0\xa8\x00\x01", 3)})
+    d = ok_json("map", "dump", name, "blocklist[1]", "--format", "ipv4", "-j")
+    assert d["map"]["id"] == outer[1].id and d["map"]["version"] == 1
+    assert d["count"] == 1 and d["entries"][0]["key"] == "10.0.0.1"
+    v = ok_json("map", "dump", name, "blocklist[1]", "--value-format", "hex", "-j")
+    assert v["entries"] == [{"key": 0x0a000001, "value": ["c0a80001", "0x3"]}]
+    t = shmrcu_cli("map", "dump", name, "blocklist[1]", "--format", "ipv4", "--value-format", "ipv4")
+    assert t.returncode == 0 and "key: '10.0.0.1'" in t.stdout and "192.168.0.1" in t.stdout
+    h = ok_json("map", "dump", name, "blocklist[0x1]", "--format", "hex", "-j")
+    assert h["entries"][0]["key"] == "0xa000001"
+    user_error(shmrcu_cli("map", "dump", name, "blocklist[0]"), "holds no map")
+    user_error(shmrcu_cli("map", "dump", name, "t[0]"), "not an outer map")
+    user_error(shmrcu_cli("map", "dump", name, "blocklist[x]"), "must be an integer")
