@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -284,6 +285,7 @@ class Runtime:
             self._closed = True
             self._needs_attach = False
             return
+        self._wait_batches(self._handle_list())     # EBUSY before anything is torn down
         busy = [r for r in list(self._readers)
                 if not r.closed and r.is_online and not r.owned_by_caller()]
         if busy:
@@ -301,7 +303,8 @@ class Runtime:
             for r in list(self._readers):
                 r.close()
             for m in self._handle_list():
-                m._close_mapping()
+                self._wait_batches([m])            # one that started since: wait, then close
+                m._close_mapping()                 # (no GIL release in between)
             with self._handles_lock:
                 cached = list(self._map_cache.values())
             for m in cached:
@@ -313,6 +316,24 @@ class Runtime:
             self._segment.close()
             self.__control.detach()            # late uses raise ReaderClosed, never fault
             drop_writer_mark(self.__control)
+
+    close_wait_s = 5.0     # close() waits this long for other threads' batches, then EBUSY
+
+    def _wait_batches(self, handles) -> None:
+        """Wait (GIL released) until no other thread runs a nogil batch on ``handles``;
+        EBUSY after ``close_wait_s`` -- never unmap a map under a running batch."""
+        timeout = self.close_wait_s
+        deadline = time.monotonic() + timeout
+        while True:
+            batching = [m for m in handles if getattr(m, "busy", 0)]
+            if not batching:
+                return
+            if time.monotonic() >= deadline:
+                raise ShmrcuError(
+                    f"cannot close runtime {self.name!r}: other threads still run batch operations "
+                    f"on map(s) {sorted(m.id for m in batching)} after {timeout} s (closing would "
+                    "unmap them under those threads); let them finish first", errno=errno.EBUSY)
+            time.sleep(0.001)
 
     def destroy(self) -> list[str]:
         """Unlink every segment of this runtime (the controller's job); returns their names.
@@ -454,6 +475,8 @@ class Runtime:
                     break
             if not done:
                 return                               # a section here may still use one
+            if any(m.busy for _, hs, _ in self._unmap_pending[:done] for m in hs if not m.closed):
+                return                               # a nogil batch of another thread: later
             for _, handles, seen in self._unmap_pending[:done]:
                 maps.close_handles(self, handles)
             del self._unmap_pending[:done]

@@ -150,3 +150,59 @@ def test_reader_close_from_another_thread_never_ends_its_section(runtime):
         release.set()
         t.join(10)
     runtime.synchronize(timeout=5)
+
+
+def test_close_waits_for_nogil_batches_of_other_threads(rt_name):
+    """rt.close() while another thread runs a GIL-free update_batch / lookup_batch on a map:
+    close waits for the batch (it never unmaps under it: that was a SIGSEGV), the batch
+    completes whole, and later uses raise instead of faulting."""
+    np = pytest.importorskip("numpy")
+    n = 400_000
+    keys = np.arange(n, dtype=np.uint32)
+    vals = np.repeat(np.arange(n, dtype=np.uint64), 2)
+    for round_ in range(5):
+        rt = shmrcu.Runtime.create(f"{rt_name}-{round_}")
+        try:
+            m = rt.create_map("hash", key="I", value="QQ", max_entries=n)
+            started, outcome = threading.Event(), {}
+
+            def batch():
+                started.set()
+                try:
+                    outcome["updated"] = m.update_batch(keys, vals)
+                    outcome["looked"] = len(m.lookup_batch(keys)) // 16   # bytes of "QQ" values
+                except shmrcu.ShmrcuError as e:          # the lookup may find the map closed
+                    outcome["error"] = type(e).__name__
+            t = threading.Thread(target=batch)
+            t.start()
+            started.wait(10)
+            time.sleep(0.005 * round_)
+            rt.close()                                    # waits for the running batch
+            t.join(30)
+            assert outcome.get("updated") == n, outcome
+            assert outcome.get("looked", n) == n and outcome.get("error") in (None, "MapClosed", "ReaderClosed")
+            with pytest.raises(shmrcu.MapClosed):
+                m.lookup_batch(keys[:10])
+        finally:
+            for name in seg.runtime_segments(f"{rt_name}-{round_}"):
+                seg.unlink(name)
+
+
+def test_close_gives_ebusy_if_a_batch_never_ends(rt_name):
+    """A batch that does not end within the wait: EBUSY, and nothing was torn down."""
+    from shmrcu.testing import _hooks
+    rt = shmrcu.Runtime.create(rt_name)
+    try:
+        m = rt.create_map("hash", key="I", value="Q", max_entries=4)
+        m[1] = 1
+        rt.close_wait_s = 0.2
+        _hooks.add_busy(m, 1)                         # as a batch running in another thread
+        try:
+            with pytest.raises(shmrcu.ShmrcuError) as ei:
+                rt.close()
+            assert ei.value.errno == errno.EBUSY and "batch" in str(ei.value)
+            assert not rt.closed and m[1] == 1        # still whole and usable
+        finally:
+            _hooks.add_busy(m, -1)
+    finally:
+        rt.destroy()

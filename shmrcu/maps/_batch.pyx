@@ -295,9 +295,13 @@ cdef class MapBatch(MapCore):
                     fptr = &fv[0]
             if n == 0:
                 return out
-            with nogil:
-                done = batch_lookup_default(&self.view, <const char*>&kv[0], n, <char*>&ov[0],
-                                            dptr, fptr, &rc)
+            self.busy += 1                 # close() and unmapping wait for us (GIL-protected)
+            try:
+                with nogil:
+                    done = batch_lookup_default(&self.view, <const char*>&kv[0], n, <char*>&ov[0],
+                                                dptr, fptr, &rc)
+            finally:
+                self.busy -= 1
             if rc < 0:
                 self.batch_error(rc, kv, done)
             return out
@@ -306,12 +310,16 @@ cdef class MapBatch(MapCore):
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         threads = min(threads, 16, max(1, n // 16384))
-        with nogil:
-            if threads > 1:
-                done = batch_lookup_threads(&self.view, <const char*>&kv[0], n, <char*>&ov[0],
-                                            threads, &rc)
-            else:
-                done = batch_lookup(&self.view, <const char*>&kv[0], n, <char*>&ov[0], &rc)
+        self.busy += 1
+        try:
+            with nogil:
+                if threads > 1:
+                    done = batch_lookup_threads(&self.view, <const char*>&kv[0], n, <char*>&ov[0],
+                                                threads, &rc)
+                else:
+                    done = batch_lookup(&self.view, <const char*>&kv[0], n, <char*>&ov[0], &rc)
+        finally:
+            self.busy -= 1
         if rc < 0:
             self.batch_error(rc, kv, done)
         return out
@@ -340,15 +348,19 @@ cdef class MapBatch(MapCore):
                              f"{self.view.value_size} bytes needed")
         if n == 0:
             return 0
-        with nogil:
-            done = batch_update(&self.view, <const char*>&kv[0], <const char*>&vv[0], n, flags,
-                                <uint32_t>copy, &rc)
-        if rc == -EAGAIN and self.may_synchronize():
-            self.runtime.synchronize()
+        self.busy += 1
+        try:
             with nogil:
-                done += batch_update(&self.view, <const char*>&kv[done * self.view.key_size],
-                                     <const char*>&vv[done * self.view.value_size], n - done, flags,
-                                     <uint32_t>copy, &rc)
+                done = batch_update(&self.view, <const char*>&kv[0], <const char*>&vv[0], n, flags,
+                                    <uint32_t>copy, &rc)
+            if rc == -EAGAIN and self.may_synchronize():
+                self.runtime.synchronize()
+                with nogil:
+                    done += batch_update(&self.view, <const char*>&kv[done * self.view.key_size],
+                                         <const char*>&vv[done * self.view.value_size], n - done,
+                                         flags, <uint32_t>copy, &rc)
+        finally:
+            self.busy -= 1
         if rc < 0:
             self.batch_error(rc, kv, done)
         return n
@@ -366,10 +378,14 @@ cdef class MapBatch(MapCore):
         n = kv.shape[0] // self.view.key_size
         if n == 0:
             return 0
-        with nogil:
-            done = batch_delete(&self.view, <const char*>&kv[0], n, &rc)
-            if done and self.view.is_hash:
-                advance_epoch(&self.view)
+        self.busy += 1
+        try:
+            with nogil:
+                done = batch_delete(&self.view, <const char*>&kv[0], n, &rc)
+                if done and self.view.is_hash:
+                    advance_epoch(&self.view)
+        finally:
+            self.busy -= 1
         if rc < 0:
             self.batch_error(rc, kv, done)
         return n

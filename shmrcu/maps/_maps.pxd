@@ -11,6 +11,7 @@ cdef class MapCore:
     cdef readonly uint64_t id
     cdef readonly bint closed
     cdef readonly bint inherited      # a fork() child's copy: re-maps itself on first use
+    cdef readonly int busy            # threads of this process in a nogil batch on it (under the GIL)
     cdef object control               # the runtime's ControlBlock (keeps ctl alive)
     cdef object key_struct, value_struct
     cdef int key_fields, value_fields

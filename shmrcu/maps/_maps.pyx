@@ -146,7 +146,11 @@ cdef class MapCore:
         self.closed = False
 
     def _close_mapping(self):
-        """Unmap (this process only).  The handle raises MapClosed afterwards."""
+        """Unmap (this process only).  The handle raises MapClosed afterwards.  Refused
+        (EBUSY) while a thread of this process runs a nogil batch on it."""
+        if self.busy:
+            raise ShmrcuError(f"map {self.label()} is in use by {self.busy} batch operation(s) of "
+                              "other threads: cannot unmap it under them", errno=EBUSY)
         self.inherited = False
         if self.closed:
             return

@@ -118,3 +118,8 @@ def stale_update(MapCore m, key, value):
     r = cell_write(&m.view, cell, buf_ptr(vb, &vsmall), <uint64_t*>slot_at(&m.view, <uint64_t>e), seen)
     after = shm_load_acquire(<uint64_t*>cell)
     return (before >> 32, before & 0xffffffff), (after >> 32, after & 0xffffffff), r == RETRY
+
+
+def add_busy(MapCore m, int delta):
+    """Count ``delta`` more (or fewer) nogil batches running on ``m`` (as MapBatch does)."""
+    m.busy += delta
