@@ -152,6 +152,28 @@ def _spec_error(msg: str, err: int = _errno.EINVAL) -> InvalidMapSpec:
     return InvalidMapSpec(msg, errno=err)
 
 
+_TEMPLATE_KEYS = {"kind", "key", "value", "max_entries", "worker_readonly", "whole_values"}
+
+
+def _template_from_spec(rt, kind: str, spec: dict) -> dict:
+    """An outer map's template from a spec -- the arguments create_map would take for an
+    inner map -- checked exactly as creating such a map would check them."""
+    unknown = set(spec) - _TEMPLATE_KEYS
+    if unknown:
+        raise _spec_error(f"inner= spec of {kind}: unknown field(s) {sorted(unknown)}; a template "
+                          f"names {', '.join(sorted(_TEMPLATE_KEYS))}")
+    if "kind" not in spec or "max_entries" not in spec:
+        raise _spec_error(f"inner= spec of {kind} needs at least kind and max_entries")
+    ik = spec["kind"]
+    if KINDS.get(ik) in _OUTERS:
+        raise _spec_error(f"inner= spec of {kind} is itself a {ik}: one level of nesting only")
+    v = _validate(rt, ik, spec.get("key"), spec.get("value"), spec["max_entries"], None, None,
+                  bool(spec.get("worker_readonly", False)), spec.get("whole_values"))
+    return {"kind": v["kind"], "flags": v["flags"], "key_size": v["key_size"],
+            "value_size": v["value_size"], "max_entries": v["max_entries"],
+            "key_format": v["key_format"], "value_format": v["value_format"]}
+
+
 def _validate(rt, kind, key, value, max_entries, name, inner, worker_readonly, whole_values) -> dict:
     if kind not in KINDS:
         raise _spec_error(f"unknown map kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -169,9 +191,17 @@ def _validate(rt, kind, key, value, max_entries, name, inner, worker_readonly, w
     inner_info = None
     if code in _OUTERS:
         if inner is None:
-            raise _spec_error(f"{kind} needs inner=<a map> as the template of its inner maps")
-        if not isinstance(inner, MapCore):
-            raise _spec_error(f"inner must be a map, got {type(inner).__name__}")
+            raise _spec_error(f"{kind} needs inner=<a map, or a spec dict> as the template of its "
+                              "inner maps")
+        if isinstance(inner, dict):
+            inner_info = _template_from_spec(rt, kind, inner)
+            if value not in (None, "Q"):
+                raise _spec_error(f"{kind} values are inner maps: leave value unset")
+            value = "Q"
+            inner = None
+        elif not isinstance(inner, MapCore):
+            raise _spec_error(f"inner must be a map or a spec dict, got {type(inner).__name__}")
+    if code in _OUTERS and inner is not None:
         if inner.closed:
             raise MapClosed(f"template map {inner.id} is closed")
         if KINDS[inner.kind] in _OUTERS:
@@ -242,14 +272,15 @@ def _check_memory(kind: str, size: int) -> None:
 
 
 def create_map(rt, kind: str, *, key: str | None = None, value: str | None = None, max_entries: int,
-               name: str | None = None, inner: MapCore | None = None, worker_readonly: bool = False,
-               whole_values: bool | None = None) -> MapCore:
+               name: str | None = None, inner: MapCore | dict | None = None,
+               worker_readonly: bool = False, whole_values: bool | None = None) -> MapCore:
     """Create a map in its own segment and record it in the runtime's directory.
 
     ``kind``: array, hash, per_worker_array, per_worker_hash, array_of_maps,
     hash_of_maps.  ``key``/``value``: struct formats (arrays: u32 index;
-    outer maps: ``inner=`` template instead of ``value``).  InvalidMapSpec for
-    bad arguments, MapExists for a taken name."""
+    outer maps: ``inner=`` template instead of ``value`` -- a map, or a spec dict
+    ``{"kind", "key", "value", "max_entries"[, "worker_readonly", "whole_values"]}``).
+    InvalidMapSpec for bad arguments, MapExists for a taken name."""
     if whole_values is not None and not isinstance(whole_values, bool):
         raise _spec_error(f"whole_values must be a bool, got {whole_values!r}")
     spec = _validate(rt, kind, key, value, max_entries, name, inner, bool(worker_readonly), whole_values)

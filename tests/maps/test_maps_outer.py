@@ -159,3 +159,27 @@ def test_replace_needs_the_controller(runtime, rt_name):
             other.map("cfg").replace(0, {1: 1})
     finally:
         other.close()
+
+
+def test_outer_template_from_a_spec(runtime):
+    """An outer map's template given as a spec instead of a throwaway map; the check compares
+    kind, formats, flags, and max_entries for array kinds only."""
+    outer = runtime.create_map("hash_of_maps", key="I", max_entries=4, name="tenants",
+                               inner={"kind": "hash", "key": "I", "value": "QQ", "max_entries": 8})
+    assert outer.inner_template == {"kind": "hash", "key": "I", "value": "QQ", "max_entries": 8,
+                                    "worker_readonly": False, "whole_values": True}
+    big = runtime.create_map("hash", key="I", value="QQ", max_entries=64)
+    outer[1] = big                                        # hash inner maps: any size
+    assert outer.replace(2, {5: (1, 2)})["entries"] == 1
+    with pytest.raises(TemplateMismatch, match="value"):
+        outer[3] = runtime.create_map("hash", key="I", value="Q", max_entries=8)
+    arr_outer = runtime.create_map("array_of_maps", max_entries=2,
+                                   inner={"kind": "array", "value": "Q", "max_entries": 4})
+    with pytest.raises(TemplateMismatch, match="max_entries"):
+        arr_outer[0] = runtime.create_map("array", value="Q", max_entries=5)
+    for bad, err in [({"kind": "hash", "key": "I", "value": "Q"}, "at least kind and max_entries"),
+                     ({"kind": "hash", "key": "I", "value": "Q", "max_entries": 4, "size": 1}, "unknown field"),
+                     ({"kind": "array_of_maps", "max_entries": 4}, "one level of nesting"),
+                     ({"kind": "hash", "key": "I", "value": "Z", "max_entries": 4}, "not a struct format")]:
+        with pytest.raises(InvalidMapSpec, match=err):
+            runtime.create_map("array_of_maps", max_entries=2, inner=bad)
