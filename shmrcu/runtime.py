@@ -352,8 +352,9 @@ class Runtime:
     def _mark_destroyed(self) -> None:
         """Tell every attached process that this runtime is going away (destroy, cleanup)."""
         from . import maps
-        maps.mark_all_freed(self)
+        # the runtime first: a reader that finds a map FREED then always learns why
         self.__control.mark_destroyed()
+        maps.mark_all_freed(self)
         self.__control.bump_freed_generation()   # housekeepers unmap what they still map
 
     def __enter__(self) -> "Runtime":
@@ -380,6 +381,13 @@ class Runtime:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def incarnation(self) -> int:
+        """This runtime's incarnation: its creation time (ns since the epoch), recorded in the
+        control header.  A runtime destroyed and re-created under the same name has another."""
+        self._check_open()
+        return self._control.identity[1]
 
     @property
     def is_controller(self) -> bool:

@@ -289,8 +289,9 @@ cdef class ControlSegment:
         self.check_not_destroyed()
 
     cdef int check_not_destroyed(self) except -1:
-        # relaxed: a flag set once; what it implies (maps FREED) is checked on its own
-        if self.hdr != NULL and shm_load_relaxed(&self.hdr.destroyed_unix_ns):
+        # acquire: pairs with mark_destroyed's release, which comes before the maps are
+        # marked FREED -- a caller that saw a FREED map (acquire) sees this flag too
+        if self.hdr != NULL and shm_load_acquire(&self.hdr.destroyed_unix_ns):
             raise RuntimeDestroyed(
                 f"runtime {(<bytes>self.hdr.name).decode(errors='replace')!r} was destroyed "
                 f"(segments removed) while this process was attached: its tables are gone. "

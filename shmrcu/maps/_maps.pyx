@@ -179,9 +179,10 @@ cdef class MapCore:
                 self.runtime._rebind_inherited(self)    # re-maps, or raises why not
                 return self.check(write)
             raise MapClosed(f"map {self.id} is closed in this process (freed, or its runtime closed)")
-        # relaxed: the state is advisory for handles; the mapping itself stays
-        # valid until this process unmaps it at a quiescent point (drop_freed)
-        if shm_load_relaxed(&self.view.hdr.state) == <uint64_t>SHMRCU_MAP_FREED:
+        # acquire: the state is advisory for handles (the mapping stays valid until this
+        # process unmaps it after a local grace period); acquire so that a FREED set by a
+        # destroy shows the runtime's destroyed flag, stored before it, too
+        if shm_load_acquire(&self.view.hdr.state) == <uint64_t>SHMRCU_MAP_FREED:
             (<ControlBlock>self.control).check_not_destroyed()   # RuntimeDestroyed says more
             raise MapClosed(f"map {self.id} was freed by the controller")
         if write and not self.view.writable:
