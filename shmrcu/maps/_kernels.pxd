@@ -210,10 +210,14 @@ cdef inline void mv_read(map_view* m, uint64_t e, uint32_t copy, void* dst) noex
 cdef inline void write_value(char* dst, const void* src, uint32_t n) noexcept nogil:
     """In-place write (not for cells): a value of up to 8 bytes as one word."""
     cdef uint64_t w = 0
-    if n <= 8:
-        memcpy(&w, src, n)
+    if n == 8:
+        memcpy(&w, src, 8)            # a constant size: one load, no call
         # relaxed: a value of up to 8 bytes is replaced as one padded word (no torn
         # reads); it orders nothing else
+        shm_store_relaxed(<uint64_t*>dst, w)
+    elif n < 8:
+        memcpy(&w, src, n)
+        # relaxed: as above
         shm_store_relaxed(<uint64_t*>dst, w)
     else:
         memcpy(dst, src, n)

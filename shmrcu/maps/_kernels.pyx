@@ -551,7 +551,8 @@ cdef int mv_update(map_view* m, const void* key, const void* value, uint64_t fla
         return mv_write_at(m, <uint64_t>e, copy, value)
     h = hash_bytes(<const char*>key, m.key_size)
     while True:
-        e = hash_find(m, <const char*>key, h, &seen)
+        # the slot's ctl as found matters only to a cell write (its re-check)
+        e = hash_find(m, <const char*>key, h, &seen if m.cells else NULL)
         if e >= 0:
             if flags == <uint64_t>SHMRCU_NOEXIST:
                 return -EEXIST
