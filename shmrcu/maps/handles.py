@@ -275,6 +275,9 @@ def _fill(m: Map, rows) -> int:
     if hasattr(rows, "itertuples"):                    # pandas DataFrame
         it = pairs_of(rows.itertuples(index=False, name=None))
     elif getattr(getattr(rows, "dtype", None), "names", None):   # numpy structured array
+        packed = _pack_columns(m, rows)
+        if packed is not None:                         # columns -> packed buffers, no per-row Python
+            return m.update_batch(*packed)
         it = pairs_of(rows.tolist())
     elif hasattr(rows, "items"):
         it = rows.items()
@@ -285,6 +288,40 @@ def _fill(m: Map, rows) -> int:
         m[k] = v
         n += 1
     return n
+
+
+def _np_dtype(np, fmt):
+    """The numpy dtype laid out exactly like ``struct`` format ``fmt`` (fields f0, f1, ...)."""
+    order = {"<": "<", ">": ">", "!": ">"}.get(fmt.text[0], "=")
+    formats = [f"S{f.size}" if f.code == "s" else order + np.dtype(f.code).char for f in fmt.fields]
+    return np.dtype({"names": [f"f{i}" for i in range(len(formats))], "formats": formats,
+                     "offsets": [f.offset for f in fmt.fields], "itemsize": fmt.size})
+
+
+def _pack_columns(m: Map, rows):
+    """A structured array whose first column is the (one-field) key and the next ones the value
+    fields, packed into (keys, values) buffers for update_batch; None when it does not fit."""
+    import numpy as np
+    kf = _formats.parse(m.key_format, "key")
+    vf = _formats.parse(m.value_format, "value")
+    names = rows.dtype.names
+    if kf.nfields != 1 or len(names) != 1 + vf.nfields or rows.ndim != 1:
+        return None
+    try:
+        kd, vd = _np_dtype(np, kf), _np_dtype(np, vf)
+        targets = [(names[0], kd["f0"])] + [(n, vd[f"f{i}"]) for i, n in enumerate(names[1:])]
+        # only casts that lose nothing: anything else takes the per-row path, which
+        # range-checks every value (no silent wrap-around of a -1 into a u64)
+        if not all(np.can_cast(rows.dtype[n], t, "safe") for n, t in targets):
+            return None
+        keys = np.zeros(len(rows), dtype=kd)
+        vals = np.zeros(len(rows), dtype=vd)
+        keys["f0"] = rows[names[0]]
+        for i, name in enumerate(names[1:]):
+            vals[f"f{i}"] = rows[name]
+    except (TypeError, ValueError):
+        return None
+    return keys.view(np.uint8), vals.view(np.uint8)
 
 
 class SectionBound:

@@ -140,6 +140,10 @@ def test_replace_reloads_a_table_in_one_call(runtime):
     assert info2["version"] == 2 and info2["old_map_id"] == first.id and info2["entries"] == 2
     assert outer[0].version == 2 and dict(outer[0].items()) == {3: (30, 31), 4: (40, 41)}
     assert outer[0].max_entries == 32 and first.state in ("retired", "freed")
+    signed = np.array([(6, -1, 1)], dtype=[("k", "i8"), ("a", "i8"), ("b", "i8")])
+    with pytest.raises((TypeError, OverflowError)):            # no silent wrap of -1 into a u64
+        outer.replace(0, signed)
+    assert outer[0].version == 2
     info3 = outer.replace(0, [(5, (50, 51))])                  # plain pairs
     assert info3["version"] == 3 and outer[0][5] == (50, 51)
     before = outer[0].id
