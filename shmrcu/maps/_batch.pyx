@@ -75,14 +75,25 @@ cdef void read_out(map_view* m, uint64_t e, char* dst) noexcept nogil:
     """mv_read out of line: keeps the copy loop out of the pipelined lookup's body."""
     mv_read(m, e, 0, dst)
 
+cdef inline void read_entry(map_view* m, uint64_t e, char* dst) noexcept nogil:
+    """Entry ``e``'s value into ``dst``: whole (mv_read), or the sum of the per-worker
+    copies (one u64) -- the slow-path loops' read."""
+    cdef uint32_t c
+    cdef uint64_t sum = 0
+    if m.n_copies == 1:
+        mv_read(m, e, 0, dst)
+        return
+    for c in range(m.n_copies):
+        # relaxed: each copy's owner stores whole words
+        sum += shm_load_relaxed(<uint64_t*>value_at(m, e, c))
+    (<uint64_t*>dst)[0] = sum
+
 cdef Py_ssize_t batch_lookup(map_view* m, const char* keys, Py_ssize_t n, char* out,
                              int* rc) noexcept nogil:
     cdef Py_ssize_t i
     cdef int64_t e
     cdef uint32_t ks = m.key_size
     cdef uint32_t vs = m.value_size
-    cdef uint32_t c
-    cdef uint64_t sum
     rc[0] = 0
     if m.is_hash and m.n_copies == 1:
         if ks == 8 and vs == 8:
@@ -97,14 +108,7 @@ cdef Py_ssize_t batch_lookup(map_view* m, const char* keys, Py_ssize_t n, char* 
         if e < 0:
             rc[0] = <int>e
             return i
-        if m.n_copies == 1:
-            mv_read(m, <uint64_t>e, 0, out + i * vs)
-        else:
-            sum = 0
-            for c in range(m.n_copies):
-                # relaxed: each copy's owner stores whole words
-                sum += shm_load_relaxed(<uint64_t*>value_at(m, <uint64_t>e, c))
-            (<uint64_t*>(out + i * 8))[0] = sum
+        read_entry(m, <uint64_t>e, out + i * vs)
     return n
 
 cdef Py_ssize_t batch_lookup_default(map_view* m, const char* keys, Py_ssize_t n, char* out,
@@ -117,8 +121,6 @@ cdef Py_ssize_t batch_lookup_default(map_view* m, const char* keys, Py_ssize_t n
     cdef int64_t e
     cdef uint32_t ks = m.key_size
     cdef uint32_t vs = m.value_size if m.n_copies == 1 else 8
-    cdef uint32_t c
-    cdef uint64_t sum
     rc[0] = 0
     for i in range(n):
         e = mv_find(m, keys + i * ks)
@@ -134,14 +136,7 @@ cdef Py_ssize_t batch_lookup_default(map_view* m, const char* keys, Py_ssize_t n
         hits += 1
         if found != NULL:
             found[i] = 1
-        if m.n_copies == 1:
-            mv_read(m, <uint64_t>e, 0, out + i * vs)
-        else:
-            sum = 0
-            for c in range(m.n_copies):
-                # relaxed: each copy's owner stores whole words
-                sum += shm_load_relaxed(<uint64_t*>value_at(m, <uint64_t>e, c))
-            (<uint64_t*>(out + i * 8))[0] = sum
+        read_entry(m, <uint64_t>e, out + i * vs)
     return hits
 
 cdef struct lookup_job:
