@@ -16,8 +16,8 @@ from typing import Any, Iterator
 from .core import segment as seg
 from .core._control import drop_writer_mark, hold_writer_mark
 from .core._epoch import SECTIONS_FENCE, SECTIONS_MEMBARRIER, ControlBlock, Reader, membarrier_register
-from .errors import (ControllerBusy, CorruptSegment, NotController, OutOfSharedMemory, ReaderClosed, RuntimeExists,
-                     RuntimeNotFound, ShmrcuError)
+from .errors import (ControllerBusy, CorruptSegment, NotController, OutOfSharedMemory, ReaderClosed,
+                     RuntimeDestroyed, RuntimeExists, RuntimeNotFound, ShmrcuError)
 
 _SECTIONS = {"fence": SECTIONS_FENCE, "membarrier": SECTIONS_MEMBARRIER}
 MAX_WORKERS_LIMIT = 4096
@@ -34,6 +34,31 @@ def _disown_runtimes_after_fork() -> None:
 
 
 seg.at_fork_in_child(_disown_runtimes_after_fork)
+
+
+def _remove_destroyed_leftover(name: str) -> bool:
+    """Unlink the segments of runtime ``name`` if it is marked destroyed and no controller
+    holds it (a destroy() interrupted after marking); True if it did."""
+    try:
+        segment = seg.Segment.open(seg.shm_name(name, "ctl"))
+    except (FileNotFoundError, PermissionError):
+        return False
+    try:
+        if segment.mapping is None:
+            return False
+        control = ControlBlock(segment.mapping, segment.fd, f"/proc/self/fd/{segment.fd}")
+        control.validate(name)
+        if not control.destroyed_unix_ns or control.controller_alive():
+            return False
+    except (ShmrcuError, ValueError, OSError):
+        return False
+    finally:
+        if "control" in locals():
+            control.detach()                     # no use of the mapping after it goes
+        segment.close()
+    for n in seg.runtime_segments(name):
+        seg.unlink(n)
+    return True
 
 
 class Runtime:
@@ -63,6 +88,7 @@ class Runtime:
         try:
             self._bind_control(segment, control)
         except BaseException:
+            drop_writer_mark(control)
             segment.close()
             raise
         _runtimes.add(self)
@@ -72,6 +98,7 @@ class Runtime:
         self._segment = segment
         self.__control = control
         self._pid = os.getpid()
+        self._identity = control.identity           # (name, creation time): the incarnation
         if hold_mark:
             # this process's writer id and mark (whole-value writers tell the living
             # from the dead by it)
@@ -131,6 +158,15 @@ class Runtime:
                 return
             fresh = Runtime.attach(self.name)        # raises RuntimeNotFound if destroyed
             _runtimes.discard(fresh)
+            if fresh._identity != self._identity:
+                # destroyed and re-created since the fork: the maps this object knew are
+                # gone (their ids may name other maps now) -- never serve the new ones
+                fresh.close()
+                self._needs_attach = False
+                self._closed = self._gone = True
+                raise RuntimeDestroyed(
+                    f"runtime {self.name!r} was destroyed (and re-created) since this process "
+                    f"forked from pid {self._forked_from}: attach the new one (Runtime.attach(name))")
             fresh._housekeeper_stop.set()
             fresh._housekeeper_thread.join()
             # its parts -- writer mark included -- are ours now
@@ -206,6 +242,9 @@ class Runtime:
                 raise CorruptSegment(f"control segment of runtime {name!r} is truncated: 0 bytes")
             control = ControlBlock(segment.mapping, segment.fd, f"/proc/self/fd/{segment.fd}")
             control.validate(name)
+            if control.destroyed_unix_ns:
+                raise RuntimeNotFound(f"runtime {name!r} is destroyed (its segments are being "
+                                      "removed): create it again")
         except BaseException:
             segment.close()
             raise
@@ -227,18 +266,25 @@ class Runtime:
         ``close()`` and ``with`` leave it alive for the readers attached to it (a
         restarted controller takes over where this one stopped); only ``destroy()``
         removes it.  The other arguments apply when it is created."""
-        for _ in range(3):
+        deadline = time.monotonic() + 5.0
+        while True:
             try:
                 rt = cls.attach(name, controller=True)
             except RuntimeNotFound:
                 try:
                     rt = cls.create(name, max_workers=max_workers, mode=mode, sections=sections)
                 except RuntimeExists:
-                    continue                 # another process created it meanwhile: take over
+                    # created meanwhile (take it over), or a destroyed one whose segments are
+                    # still being removed -- or were left behind by a destroyer that died
+                    if time.monotonic() >= deadline:
+                        if not _remove_destroyed_leftover(name):
+                            raise RuntimeExists(
+                                f"runtime {name!r} kept appearing and disappearing while this "
+                                "process tried to create or take it over") from None
+                    time.sleep(0.01)
+                    continue
             rt._created = False              # `with` closes, never destroys
             return rt
-        raise RuntimeExists(f"runtime {name!r} kept appearing and disappearing while this process "
-                            "tried to create or take it over; is another process destroying it?")
 
     # -- the controller lease ----------------------------------------------------
     def take_control(self) -> None:
@@ -285,15 +331,7 @@ class Runtime:
             self._closed = True
             self._needs_attach = False
             return
-        self._wait_batches(self._handle_list())     # EBUSY before anything is torn down
-        busy = [r for r in list(self._readers)
-                if not r.closed and r.is_online and not r.owned_by_caller()]
-        if busy:
-            raise ShmrcuError(
-                f"cannot close runtime {self.name!r}: reader slot(s) "
-                f"{sorted(r.slot_index for r in busy)} of other threads are online or inside a "
-                "section (closing would end their sections and unmap what they read); take them "
-                "offline first", errno=errno.EBUSY)
+        self._close_precheck()             # EBUSY before anything is torn down
         self.__control.begin_close()       # other threads' waits give up, then we go on
         self.release_control()
         self._housekeeper_stop.set()
@@ -303,8 +341,7 @@ class Runtime:
             for r in list(self._readers):
                 r.close()
             for m in self._handle_list():
-                self._wait_batches([m])            # one that started since: wait, then close
-                m._close_mapping()                 # (no GIL release in between)
+                m._close_mapping(self.close_wait_s)   # waits for a batch started since the check
             with self._handles_lock:
                 cached = list(self._map_cache.values())
             for m in cached:
@@ -318,6 +355,19 @@ class Runtime:
             drop_writer_mark(self.__control)
 
     close_wait_s = 5.0     # close() waits this long for other threads' batches, then EBUSY
+
+    def _close_precheck(self) -> None:
+        """What makes close() refuse (EBUSY), checked before anything is torn down: other
+        threads' batches that do not end within close_wait_s, other threads' readers online."""
+        self._wait_batches(self._handle_list())
+        busy = [r for r in list(self._readers)
+                if not r.closed and r.is_online and not r.owned_by_caller()]
+        if busy:
+            raise ShmrcuError(
+                f"cannot close runtime {self.name!r}: reader slot(s) "
+                f"{sorted(r.slot_index for r in busy)} of other threads are online or inside a "
+                "section (closing would end their sections and unmap what they read); take them "
+                "offline first", errno=errno.EBUSY)
 
     def _wait_batches(self, handles) -> None:
         """Wait (GIL released) until no other thread runs a nogil batch on ``handles``;
@@ -344,6 +394,7 @@ class Runtime:
         if not self.is_controller:
             raise NotController(f"only the controller of runtime {self.name!r} may destroy it "
                                 "(Runtime.attach(name, controller=True) takes control)")
+        self._close_precheck()                   # an EBUSY close must not leave it marked
         self._mark_destroyed()
         self.close()
         removed = [n for n in seg.runtime_segments(self.name) if seg.unlink(n)]
@@ -374,6 +425,9 @@ class Runtime:
     # -- facts ---------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
+            if getattr(self, "_gone", False):
+                raise RuntimeDestroyed(f"runtime {self.name!r} was destroyed since this process "
+                                       "forked: attach the new one (Runtime.attach(name))")
             raise ReaderClosed(f"runtime {self.name!r} is closed")
         if self._needs_attach:
             self._reattach()

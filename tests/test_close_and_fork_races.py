@@ -206,3 +206,36 @@ def test_close_gives_ebusy_if_a_batch_never_ends(rt_name):
             _hooks.add_busy(m, -1)
     finally:
         rt.destroy()
+
+
+def test_a_batch_counts_itself_before_it_runs_python_code(rt_name):
+    """lookup_batch(default=...) runs Python code (packing the default) after checking the
+    handle; a close() from another thread in that gap must wait for the batch, not unmap
+    the view under it (then the batch ran on a zeroed view and raised struct.error)."""
+    np = pytest.importorskip("numpy")
+    rt = shmrcu.Runtime.create(rt_name)
+    try:
+        m = rt.create_map("hash", key="I", value="QQ", max_entries=8)
+        m[1] = (1, 1)
+        closed_at, in_pack = [], threading.Event()
+
+        class SlowInt:
+            def __index__(self):
+                in_pack.set()
+                time.sleep(0.3)                   # another thread closes meanwhile
+                return 7
+
+        def closer():
+            in_pack.wait(10)
+            rt.close()
+            closed_at.append(time.monotonic())
+        t = threading.Thread(target=closer)
+        t.start()
+        out = m.lookup_batch(np.array([1, 2], dtype=np.uint32), default=(SlowInt(), 7))
+        done_at = time.monotonic()
+        t.join(10)
+        assert bytes(out) == np.array([1, 1, 7, 7], dtype=np.uint64).tobytes()
+        assert closed_at and closed_at[0] >= done_at - 0.01      # close waited for the batch
+    finally:
+        for name in seg.runtime_segments(rt_name):
+            seg.unlink(name)

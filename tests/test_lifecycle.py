@@ -95,3 +95,94 @@ def test_cleanup_never_removes_a_runtime_that_readers_still_serve(rt_name, procs
     assert res["removed"] and not _segments(rt_name)
     stop.set()
     assert results.get(timeout=60) == ("RuntimeDestroyed", errno.ESTALE)   # ... and never served
+
+
+def test_fork_child_of_a_destroyed_and_recreated_runtime_raises(rt_name):
+    """A fork child re-attaches by name; if the runtime was destroyed and re-created since the
+    fork, its maps (whose ids now name other maps) are never served: RuntimeDestroyed."""
+    rt = shmrcu.Runtime.create(rt_name)
+    m = rt.create_map("hash", key="I", value="Q", max_entries=4, name="routes")
+    m[1] = 1
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                           # child: wait, then use what it inherited
+        code = 1
+        try:
+            os.read(go_r, 1)
+            try:
+                m[1]
+                code = 2                                   # served something: the bug
+            except shmrcu.RuntimeDestroyed:
+                code = 0
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(0)
+    rt.destroy()
+    rt2 = shmrcu.Runtime.create(rt_name)
+    try:
+        rt2.create_map("hash", key="I", value="Q", max_entries=4, name="other")[1] = 999   # id 1 again
+        os.write(go_w, b"g")
+        assert os.read(r, 1) == b"\x00"
+    finally:
+        os.waitpid(pid, 0)
+        rt2.destroy()
+
+
+def test_destroy_refused_with_ebusy_leaves_the_runtime_whole(rt_name):
+    import threading
+    rt = shmrcu.Runtime.create(rt_name)
+    m = rt.create_map("hash", key="I", value="Q", max_entries=4, name="cfg")
+    m[1] = 1
+    inside, leave = threading.Event(), threading.Event()
+
+    def reader():
+        with rt.reader() as r, r.section():
+            inside.set()
+            leave.wait(10)
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        inside.wait(10)
+        with pytest.raises(shmrcu.ShmrcuError) as ei:
+            rt.destroy()
+        assert ei.value.errno == errno.EBUSY
+        assert m[1] == 1 and rt.map("cfg")[1] == 1         # not marked destroyed
+    finally:
+        leave.set()
+        t.join(10)
+    rt.destroy()
+
+
+def test_create_or_take_over_clears_a_destroyed_leftover(rt_name):
+    """A destroyer that died after marking the runtime (segments still there, nobody holds the
+    lease): the next create_or_take_over removes the leftover and creates a fresh runtime."""
+    rt = shmrcu.Runtime.create(rt_name)
+    rt.create_map("hash", key="I", value="Q", max_entries=4, name="cfg")
+    old = rt.incarnation
+    rt._mark_destroyed()
+    rt.close()                                             # segments stay: the destroyer "died"
+    with pytest.raises(shmrcu.RuntimeNotFound, match="destroyed"):
+        shmrcu.Runtime.attach(rt_name)
+    fresh = shmrcu.Runtime.create_or_take_over(rt_name)
+    try:
+        assert fresh.incarnation != old and fresh.maps() == []
+    finally:
+        fresh.destroy()
+
+
+def test_unmapped_after_destroy_still_says_runtime_destroyed(rt_name):
+    """After its housekeeping unmapped the maps of a destroyed runtime, an attached process
+    still gets RuntimeDestroyed (it re-attaches on that), not a bare MapClosed."""
+    rt = shmrcu.Runtime.create(rt_name)
+    rt.create_map("hash", key="I", value="QQ", max_entries=4, name="cfg")[1] = (1, 1)
+    other = shmrcu.Runtime.attach(rt_name)
+    m = other.map("cfg")
+    assert m[1] == (1, 1)
+    rt.destroy()
+    other.housekeeping()                                   # unmaps the freed maps
+    assert m.closed
+    for use in (lambda: m[1], lambda: m.lookup_batch(b"\x01\x00\x00\x00"), lambda: m.get(1)):
+        with pytest.raises(shmrcu.RuntimeDestroyed):
+            use()
+    other.close()

@@ -125,7 +125,7 @@ def test_prefork_server_survives_controller_death_destroy_and_worker_restarts(rt
             time.sleep(0.7)
             events["controller restarted"] = time.monotonic()
             c2, stop2 = start_controller()                # a new one takes over
-            time.sleep(0.7)
+            time.sleep(1.0)
             stop2.set()
             c2.join(30)
             victim_rt = shmrcu.Runtime.attach(rt_name, controller=True)
@@ -161,7 +161,7 @@ def test_prefork_server_survives_controller_death_destroy_and_worker_restarts(rt
         if any(val != [v, v] for val in a["values"]):
             problems.append(f"answer mixes tables: version {v}, values {a['values']} (pid {a['pid']})")
     bad = [(t, s) for t, s, _ in answers if s != 200]
-    window = (events["destroyed"], events["re-created"] + 1.0)
+    window = (events["destroyed"], events["re-created"] + 2.0)
     stray = [(round(t - window[0], 3), s) for t, s in bad if not window[0] <= t <= window[1]]
     if stray:
         problems.append(f"non-200 answers outside the destroy -> re-create window: {stray[:5]}")
@@ -174,14 +174,14 @@ def test_prefork_server_survives_controller_death_destroy_and_worker_restarts(rt
 
     def served(after, before=float("inf")):
         return [a for t, a in ok if after <= t < before]
-    frozen = served(events["controller killed"] + 0.1, events["controller restarted"])
+    frozen = served(events["controller killed"] + 0.3, events["controller restarted"])
     if not frozen or len({a["version"] for a in frozen}) != 1:
         problems.append(f"with the controller dead the last table must be served, unchanged: "
                         f"{sorted({a['version'] for a in frozen})}")
-    resumed = served(events["controller restarted"] + 0.3, events["destroyed"])
+    resumed = served(events["controller restarted"], events["destroyed"])
     if not resumed or max(a["version"] for a in resumed) <= max((a["version"] for a in frozen), default=0):
         problems.append("after the takeover the versions must go on")
-    fresh = served(events["re-created"] + 1.0)
+    fresh = served(events["re-created"] + 1.5)
     if not fresh:
         problems.append("nothing served after the runtime was re-created")
     newest = max(a["incarnation"] for _, a in ok)

@@ -233,9 +233,50 @@ cdef inline object as_bytes_view(object buf, bint writable, str what):
 
 
 cdef class MapBatch(MapCore):
-    """MapCore plus batches over buffers (the base of every ``shmrcu.maps`` handle)."""
+    """MapCore plus batches over buffers (the base of every ``shmrcu.maps`` handle).
+
+    Each batch counts itself in ``busy`` *before* it checks the handle and until its
+    GIL-free loop is over: ``close()`` and unmapping wait for it (a batch never runs on
+    an unmapped view)."""
 
     def lookup_batch(self, keys, out=None, *, int threads=1, default=None, found=None):
+        """Look up every key of the buffer ``keys`` (packed keys, e.g. a numpy array whose
+        itemsize is the key size) without the GIL; values go to ``out`` (allocated when
+        None: a numpy array for one-integer values if numpy is there, else a bytearray).
+        Returns ``out``.  Stops at the first missing key: the error has ``.count``, the
+        number of keys looked up before it.  ``threads > 1`` splits a large batch
+        (>= 16384 keys per thread) over that many threads, all inside the caller's
+        read-side section.
+
+        Blocklist style: with ``default=`` (a value) and/or ``found=`` (a writable buffer
+        of one byte per key, e.g. ``numpy.zeros(n, bool)``), a missing key does not stop
+        the batch: its value is ``default`` (or left as it was in ``out``) and
+        ``found[i]`` is 0 (1 for keys that are there)."""
+        self.busy += 1
+        try:
+            return self._lookup_batch(keys, out, threads, default, found)
+        finally:
+            self.busy -= 1
+
+    def update_batch(self, keys, values, uint64_t flags=SHMRCU_ANY):
+        """Set every key of ``keys`` to the matching packed value of ``values`` (buffers),
+        without the GIL.  Returns the count; stops at the first error (``.count``)."""
+        self.busy += 1
+        try:
+            return self._update_batch(keys, values, flags)
+        finally:
+            self.busy -= 1
+
+    def delete_batch(self, keys):
+        """Delete every key of the buffer ``keys`` without the GIL.  Returns the count;
+        stops at the first error (``.count``)."""
+        self.busy += 1
+        try:
+            return self._delete_batch(keys)
+        finally:
+            self.busy -= 1
+
+    def _lookup_batch(self, keys, out, int threads, default, found):
         """Look up every key of the buffer ``keys`` (packed keys, e.g. a numpy array whose
         itemsize is the key size) without the GIL; values go to ``out`` (allocated when
         None: a numpy array for one-integer values if numpy is there, else a bytearray).
@@ -290,13 +331,9 @@ cdef class MapBatch(MapCore):
                     fptr = &fv[0]
             if n == 0:
                 return out
-            self.busy += 1                 # close() and unmapping wait for us (GIL-protected)
-            try:
-                with nogil:
-                    done = batch_lookup_default(&self.view, <const char*>&kv[0], n, <char*>&ov[0],
-                                                dptr, fptr, &rc)
-            finally:
-                self.busy -= 1
+            with nogil:
+                done = batch_lookup_default(&self.view, <const char*>&kv[0], n, <char*>&ov[0],
+                                            dptr, fptr, &rc)
             if rc < 0:
                 self.batch_error(rc, kv, done)
             return out
@@ -305,21 +342,17 @@ cdef class MapBatch(MapCore):
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         threads = min(threads, 16, max(1, n // 16384))
-        self.busy += 1
-        try:
-            with nogil:
-                if threads > 1:
-                    done = batch_lookup_threads(&self.view, <const char*>&kv[0], n, <char*>&ov[0],
-                                                threads, &rc)
-                else:
-                    done = batch_lookup(&self.view, <const char*>&kv[0], n, <char*>&ov[0], &rc)
-        finally:
-            self.busy -= 1
+        with nogil:
+            if threads > 1:
+                done = batch_lookup_threads(&self.view, <const char*>&kv[0], n, <char*>&ov[0],
+                                            threads, &rc)
+            else:
+                done = batch_lookup(&self.view, <const char*>&kv[0], n, <char*>&ov[0], &rc)
         if rc < 0:
             self.batch_error(rc, kv, done)
         return out
 
-    def update_batch(self, keys, values, uint64_t flags=SHMRCU_ANY):
+    def _update_batch(self, keys, values, uint64_t flags):
         """Set every key of ``keys`` to the matching packed value of ``values`` (buffers),
         without the GIL.  Returns the count; stops at the first error (``.count``)."""
         cdef const uint8_t[::1] kv, vv
@@ -343,24 +376,20 @@ cdef class MapBatch(MapCore):
                              f"{self.view.value_size} bytes needed")
         if n == 0:
             return 0
-        self.busy += 1
-        try:
+        with nogil:
+            done = batch_update(&self.view, <const char*>&kv[0], <const char*>&vv[0], n, flags,
+                                <uint32_t>copy, &rc)
+        if rc == -EAGAIN and self.may_synchronize():
+            self.runtime.synchronize()
             with nogil:
-                done = batch_update(&self.view, <const char*>&kv[0], <const char*>&vv[0], n, flags,
-                                    <uint32_t>copy, &rc)
-            if rc == -EAGAIN and self.may_synchronize():
-                self.runtime.synchronize()
-                with nogil:
-                    done += batch_update(&self.view, <const char*>&kv[done * self.view.key_size],
-                                         <const char*>&vv[done * self.view.value_size], n - done,
-                                         flags, <uint32_t>copy, &rc)
-        finally:
-            self.busy -= 1
+                done += batch_update(&self.view, <const char*>&kv[done * self.view.key_size],
+                                     <const char*>&vv[done * self.view.value_size], n - done,
+                                     flags, <uint32_t>copy, &rc)
         if rc < 0:
             self.batch_error(rc, kv, done)
         return n
 
-    def delete_batch(self, keys):
+    def _delete_batch(self, keys):
         """Delete every key of the buffer ``keys`` without the GIL.  Returns the count;
         stops at the first error (``.count``)."""
         cdef const uint8_t[::1] kv
@@ -373,14 +402,10 @@ cdef class MapBatch(MapCore):
         n = kv.shape[0] // self.view.key_size
         if n == 0:
             return 0
-        self.busy += 1
-        try:
-            with nogil:
-                done = batch_delete(&self.view, <const char*>&kv[0], n, &rc)
-                if done and self.view.is_hash:
-                    advance_epoch(&self.view)
-        finally:
-            self.busy -= 1
+        with nogil:
+            done = batch_delete(&self.view, <const char*>&kv[0], n, &rc)
+            if done and self.view.is_hash:
+                advance_epoch(&self.view)
         if rc < 0:
             self.batch_error(rc, kv, done)
         return n

@@ -8,6 +8,7 @@ algorithm essay is at the top of ``_kernels.pyx``; the read side is inlined from
 kind-specific handle classes live in ``shmrcu.maps``.
 """
 cimport cython
+import time
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport ENOENT, EEXIST, E2BIG, EINVAL, EPERM, EAGAIN, EINTR, EBUSY
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
@@ -145,12 +146,17 @@ cdef class MapCore:
         self.inherited = False
         self.closed = False
 
-    def _close_mapping(self):
-        """Unmap (this process only).  The handle raises MapClosed afterwards.  Refused
-        (EBUSY) while a thread of this process runs a nogil batch on it."""
-        if self.busy:
-            raise ShmrcuError(f"map {self.label()} is in use by {self.busy} batch operation(s) of "
-                              "other threads: cannot unmap it under them", errno=EBUSY)
+    def _close_mapping(self, double wait_s=0.0):
+        """Unmap (this process only).  The handle raises MapClosed afterwards.  While
+        threads of this process run batches on it, wait up to ``wait_s`` (the GIL is
+        released only while sleeping: no batch can start between the last look at
+        ``busy`` and the unmap), then EBUSY."""
+        deadline = time.monotonic() + wait_s
+        while self.busy:
+            if time.monotonic() >= deadline:
+                raise ShmrcuError(f"map {self.label()} is in use by {self.busy} batch operation(s) "
+                                  "of other threads: cannot unmap it under them", errno=EBUSY)
+            time.sleep(0.001)
         self.inherited = False
         if self.closed:
             return
@@ -178,6 +184,8 @@ cdef class MapCore:
             if self.inherited:
                 self.runtime._rebind_inherited(self)    # re-maps, or raises why not
                 return self.check(write)
+            if self.control is not None:
+                (<ControlBlock>self.control).check_not_destroyed()   # unmapped because destroyed?
             raise MapClosed(f"map {self.id} is closed in this process (freed, or its runtime closed)")
         # acquire: the state is advisory for handles (the mapping stays valid until this
         # process unmaps it after a local grace period); acquire so that a FREED set by a

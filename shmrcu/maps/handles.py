@@ -6,6 +6,7 @@ creating, opening and caching handles is ``registry.py``.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -179,7 +180,8 @@ class _OuterMap(Map):
         if hook is not None:
             hook(sync)
 
-    def replace(self, key, rows, *, max_entries: int | None = None, name: str | None = None) -> dict:
+    def replace(self, key, rows, *, max_entries: int | None = None, name: str | None = None,
+                sync: bool = True) -> dict:
         """Reload one table in one call (controller only): build a new inner map matching
         the template from ``rows``, swap it in at ``key`` (one grace period, or the
         enclosing ``rt.batch()``'s), retire the map it replaces, and say what happened.
@@ -189,8 +191,9 @@ class _OuterMap(Map):
         or a ``(keys, values)`` pair of packed buffers (``update_batch``).  The new map's
         ``version`` is the old one's + 1 (1 for an empty slot).  ``max_entries``: for
         hash inner maps (default: the template's).  If filling fails, nothing is swapped
-        and the half-built map is retired.  Returns ``{key, map_id, old_map_id, version,
-        entries, bytes, seconds}``."""
+        and the half-built map is retired; the replaced map is retired even if the wait for
+        the grace period is interrupted.  ``sync=False``: no grace-period wait here (as in
+        ``swap``).  Returns ``{key, map_id, old_map_id, version, entries, bytes, seconds}``."""
         t0 = time.perf_counter()
         rt = self.runtime
         rt.controller                                  # NotController unless we hold the lease
@@ -204,24 +207,43 @@ class _OuterMap(Map):
         elif t["whole_values"]:
             spec["whole_values"] = True
         new = rt.create_map(kind, name=name, **spec)
+        size = new.mapping.size             # (another thread's replace may retire it later)
         try:
             entries = _fill(new, rows)
-            try:
-                old_id = self._lookup_id(key)
-            except KeyError:
-                old_id = 0
-            old_version = _open_id(rt, old_id).version if old_id else 0
-            new.version = old_version + 1
-            old = self.swap(key, new)
+            self._check_template(new)
+            if sync:
+                self._check_can_wait()
         except BaseException:
             rt.retire(new)                             # never published: freed after a grace period
             raise
-        if old is not None:
-            rt.retire(old)
-        return {"key": key, "map_id": new.id, "old_map_id": old.id if old is not None else None,
-                "version": old_version + 1, "entries": entries,
-                "bytes": new.mapping.size,
-                "seconds": time.perf_counter() - t0}
+        # One replace at a time per outer map (threads of the controller): the version is
+        # read, set and exchanged together, so two reloads never get one number.
+        try:
+            with self._replace_lock():
+                try:
+                    old_id = self._lookup_id(key)
+                except KeyError:
+                    old_id = 0
+                version = (_open_id(rt, old_id).version if old_id else 0) + 1
+                new.version = version
+                with outer_insert_lock(rt):            # as swap(): excludes a concurrent retire
+                    old_id = self._swap_id(key, new.id, ANY)
+        except BaseException:
+            rt.retire(new)                             # not exchanged: nobody can reach it
+            raise
+        try:
+            self._after_update(sync)                   # the grace period (or the batch's)
+        finally:
+            if old_id:                                 # out of service whatever happens now
+                rt.retire(_open_id(rt, old_id))
+        return {"key": key, "map_id": new.id, "old_map_id": old_id or None, "version": version,
+                "entries": entries, "bytes": size, "seconds": time.perf_counter() - t0}
+
+    def _replace_lock(self):
+        lock = self.__dict__.get("_replace_lock_obj")
+        if lock is None:
+            lock = self.__dict__.setdefault("_replace_lock_obj", threading.Lock())
+        return lock
 
     def inner_ids(self) -> list[int]:
         return self._ids()

@@ -187,3 +187,38 @@ def test_outer_template_from_a_spec(runtime):
                      ({"kind": "hash", "key": "I", "value": "Z", "max_entries": 4}, "not a struct format")]:
         with pytest.raises(InvalidMapSpec, match=err):
             runtime.create_map("array_of_maps", max_entries=2, inner=bad)
+
+
+def test_concurrent_replaces_never_share_a_version(runtime):
+    import threading
+    tmpl = {"kind": "hash", "key": "I", "value": "Q", "max_entries": 4}
+    outer = runtime.create_map("array_of_maps", max_entries=1, inner=tmpl)
+    versions, errors = [], []
+
+    def reload():
+        try:
+            for _ in range(60):
+                versions.append(outer.replace(0, {1: 1})["version"])
+        except Exception as e:      # noqa: BLE001
+            errors.append(e)
+    ts = [threading.Thread(target=reload) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors and sorted(versions) == list(range(1, 121))
+    runtime.barrier(timeout=30)
+
+
+def test_replace_interrupted_in_its_grace_period_still_retires_the_old_map(runtime, monkeypatch):
+    tmpl = {"kind": "hash", "key": "I", "value": "Q", "max_entries": 4}
+    outer = runtime.create_map("array_of_maps", max_entries=1, inner=tmpl)
+    outer.replace(0, {1: 1})
+    first = outer[0]
+
+    def interrupted(sync):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(outer, "_after_update", interrupted)
+    with pytest.raises(KeyboardInterrupt):                # the real error, not a MapInUse
+        outer.replace(0, {1: 2})
+    assert outer[0][1] == 2 and first.state in ("retired", "freed")
