@@ -44,6 +44,8 @@ static inline void shm_store_full_fence(uint64_t *p, uint64_t v) {
 }
 static inline uint64_t shm_fetch_add_relaxed(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 static inline uint64_t shm_fetch_add_seq_cst(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline uint64_t shm_fetch_or_release(uint64_t *p, uint64_t v) { return __atomic_fetch_or(p, v, __ATOMIC_RELEASE); }
+static inline int shm_clz64(uint64_t v) { return __builtin_clzll(v); }   /* v != 0 */
 static inline int shm_cas_seq_cst(uint64_t *p, uint64_t expected, uint64_t desired) {
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 }

@@ -71,6 +71,8 @@ cdef extern from "_atomics.h" nogil:
     uint64_t shm_xchg_seq_cst(uint64_t *p, uint64_t v)
     void shm_store_full_fence(uint64_t *p, uint64_t v)
     uint64_t shm_fetch_add_relaxed(uint64_t *p, uint64_t v)
+    uint64_t shm_fetch_or_release(uint64_t *p, uint64_t v)
+    int shm_clz64(uint64_t v)
     uint64_t shm_fetch_add_seq_cst(uint64_t *p, uint64_t v)
     bint shm_cas_seq_cst(uint64_t *p, uint64_t expected, uint64_t desired)
     bint shm_cas_acq_rel(uint64_t *p, uint64_t expected, uint64_t desired)

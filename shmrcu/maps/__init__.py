@@ -9,7 +9,7 @@ list them (one module per concept: ``handles.py``, ``registry.py``; the C level 
     outer[0] = flows                             # template checked: kind, formats, flags
 """
 from ._maps import ANY, EXIST, NOEXIST
-from .handles import (ArrayMap, ArrayOfMaps, HashMap, HashOfMaps, Map, PerWorkerArrayMap,
+from .handles import (ArrayMap, ArrayOfMaps, HashMap, HashOfMaps, LpmTrieMap, Map, PerWorkerArrayMap,
                       PerWorkerHashMap, SectionBound)
 from .registry import (KIND_NAMES, KINDS, STATE_NAMES, STATES, create_map, destroy_map, drop_freed,
                        list_maps, open_map, set_map_state)
@@ -20,6 +20,7 @@ from .registry import (close_handles, directory_locked, freed_handles, mapped_id
 __all__ = [
     "ANY", "NOEXIST", "EXIST", "KINDS",
     "Map", "ArrayMap", "HashMap", "PerWorkerArrayMap", "PerWorkerHashMap", "ArrayOfMaps", "HashOfMaps",
+    "LpmTrieMap",
     "create_map", "open_map", "list_maps", "drop_freed", "set_map_state", "destroy_map",
     "SectionBound", "KIND_NAMES", "STATES", "STATE_NAMES",
 ]

@@ -42,7 +42,10 @@
 #define SHMRCU_MAP_PER_WORKER_HASH 4    /* BPF_MAP_TYPE_PERCPU_HASH */
 #define SHMRCU_MAP_ARRAY_OF_MAPS 5      /* BPF_MAP_TYPE_ARRAY_OF_MAPS */
 #define SHMRCU_MAP_HASH_OF_MAPS 6       /* BPF_MAP_TYPE_HASH_OF_MAPS */
-#define SHMRCU_MAP_KIND_MAX 6
+#define SHMRCU_MAP_LPM_TRIE 7           /* BPF_MAP_TYPE_LPM_TRIE: a hash of (prefix length,
+                                           masked address) keys + the lengths in use, below */
+#define SHMRCU_MAP_KIND_MAX 7
+#define SHMRCU_LPM_MAX_BITS 128         /* IPv6 */
 
 /* map_header.flags */
 #define SHMRCU_MAP_F_WORKER_READONLY 1u
@@ -116,7 +119,9 @@ typedef struct {
     uint64_t state_epoch;       /* global epoch when the state last changed (controller's use) */
     uint64_t version;           /* the user's version word (m.version: e.g. the table's reload
                                    number, set by outer.replace); readers load it with acquire */
-    uint8_t _pad1[64 - 24];
+    uint64_t lpm_lengths[3];    /* lpm_trie: bit L set once a prefix of length L was inserted
+                                   (0..128; never cleared: a stale bit costs one probe) */
+    uint8_t _pad1[64 - 48];
 
     /* --- live-key count: hot for inserts and deletes, own cache line */
     uint64_t count;
@@ -159,7 +164,8 @@ _Static_assert(sizeof(dir_header) == 64, "dir_header is one cache line");
 static inline uint64_t shmrcu_round_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
 static inline int shmrcu_kind_is_hash(uint32_t kind) {
-    return kind == SHMRCU_MAP_HASH || kind == SHMRCU_MAP_PER_WORKER_HASH || kind == SHMRCU_MAP_HASH_OF_MAPS;
+    return kind == SHMRCU_MAP_HASH || kind == SHMRCU_MAP_PER_WORKER_HASH || kind == SHMRCU_MAP_HASH_OF_MAPS ||
+           kind == SHMRCU_MAP_LPM_TRIE;
 }
 
 /* Hash capacity for max_entries live keys: a power of two >= 2 * max_entries,

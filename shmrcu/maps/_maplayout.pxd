@@ -17,6 +17,8 @@ cdef extern from "_maplayout.h" nogil:
     int SHMRCU_MAP_PER_WORKER_HASH
     int SHMRCU_MAP_ARRAY_OF_MAPS
     int SHMRCU_MAP_HASH_OF_MAPS
+    int SHMRCU_MAP_LPM_TRIE
+    int SHMRCU_LPM_MAX_BITS
     int SHMRCU_MAP_KIND_MAX
 
     uint32_t SHMRCU_MAP_F_WORKER_READONLY
@@ -80,6 +82,7 @@ cdef extern from "_maplayout.h" nogil:
         uint64_t state
         uint64_t state_epoch
         uint64_t version
+        uint64_t lpm_lengths[3]
         uint64_t count
 
     ctypedef struct dir_entry:

@@ -6,6 +6,8 @@ creating, opening and caching handles is ``registry.py``.
 """
 from __future__ import annotations
 
+import ipaddress
+import socket
 import threading
 import time
 from typing import Any
@@ -14,10 +16,11 @@ from ..core import _epoch
 from . import _formats
 from . import _maps
 from ._batch import MapBatch
+from ._lpm import LpmCore
 from ._maps import ANY
 from .registry import (CLASSES, KIND_NAMES, KINDS, STATE_NAMES, _ARRAYS, _open_id,
                        outer_insert_lock)
-from ..errors import OutsideSection, TemplateMismatch
+from ..errors import OutsideSection, TemplateMismatch, UnsupportedOperation
 
 
 # ---------------------------------------------------------------------------
@@ -407,8 +410,149 @@ class HashOfMaps(_OuterMap):
     kind = "hash_of_maps"
 
 
+class LpmTrieMap(LpmCore, Map):
+    """Longest-prefix match (BPF_MAP_TYPE_LPM_TRIE): keys are prefixes, lookups are full
+    addresses and find the longest prefix that contains them.
+
+    Prefixes: ``"10.0.0.0/8"``, ``ipaddress.ip_network(...)``, or ``(prefix_len, address)``
+    with the address as bytes (the kernel's ``struct bpf_lpm_trie_key``); host bits must be
+    0.  Addresses: ``"10.1.2.3"``, ``ipaddress`` addresses, bytes of the key's size, or an
+    int (big-endian).  ``m[addr]`` / ``m.get(addr)`` / ``addr in m`` / ``m.longest_prefix(addr)``
+    look up; ``m[prefix] = v`` / ``del m[prefix]`` change prefixes; ``m.lookup_batch(addrs)``
+    looks up a buffer of packed addresses without the GIL (never stops at a miss: pass
+    ``default=`` and/or ``found=``)."""
+    kind = "lpm_trie"
+
+    @property
+    def address_size(self) -> int:
+        return self.info["key_size"] - 1
+
+    def _addr(self, a) -> bytes:
+        n = self.address_size
+        if isinstance(a, str):
+            fam = socket.AF_INET if n == 4 else socket.AF_INET6 if n == 16 else None
+            if fam is None:
+                raise TypeError(f"{a!r}: text addresses are for 4- or 16-byte maps; give {n} bytes")
+            try:
+                return socket.inet_pton(fam, a)
+            except OSError:
+                raise TypeError(f"{a!r} is not an IPv{4 if n == 4 else 6} address") from None
+        if isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            a = a.packed
+        elif isinstance(a, int) and not isinstance(a, bool):
+            if not 0 <= a < 1 << (8 * n):
+                raise TypeError(f"address {a} does not fit {n} bytes")
+            return a.to_bytes(n, "big")
+        if isinstance(a, (bytes, bytearray, memoryview)) and len(a) == n:
+            return bytes(a)
+        raise TypeError(f"address {a!r} is not a {n}-byte address of map {self.name or self.id}")
+
+    def _prefix(self, p) -> tuple[bytes, int]:
+        n = self.address_size
+        if isinstance(p, tuple) and len(p) == 2:
+            plen, addr = p
+            addr = self._addr(addr)
+        else:
+            if isinstance(p, str) and "/" not in p:
+                raise TypeError(f"{p!r} is an address; a prefix needs its length: '{p}/{8 * n}'")
+            try:
+                net = p if isinstance(p, (ipaddress.IPv4Network, ipaddress.IPv6Network)) \
+                    else ipaddress.ip_network(p, strict=True)
+            except ValueError as e:
+                raise ValueError(f"prefix {p!r}: {e}") from None
+            except TypeError:
+                raise TypeError(f"prefix {p!r}: give 'a.b.c.d/len', an ip_network or "
+                                "(len, address)") from None
+            addr, plen = net.network_address.packed, net.prefixlen
+            if len(addr) != n:
+                raise TypeError(f"prefix {p!r} is IPv{net.version}; map {self.name or self.id} "
+                                f"holds {n}-byte addresses")
+        if isinstance(plen, bool) or not isinstance(plen, int) or not 0 <= plen <= 8 * n:
+            raise ValueError(f"prefix length {plen!r} out of range 0..{8 * n}")
+        value = int.from_bytes(addr, "big")
+        if value & ((1 << (8 * n - plen)) - 1):
+            raise ValueError(f"prefix {addr.hex()}/{plen} has host bits set")
+        return addr, plen
+
+    def _text(self, addr: bytes, plen: int) -> str:
+        n = self.address_size
+        if n in (4, 16):
+            return f"{socket.inet_ntop(socket.AF_INET if n == 4 else socket.AF_INET6, addr)}/{plen}"
+        return f"{addr.hex()}/{plen}"
+
+    def __setitem__(self, prefix, value) -> None:
+        self.update(prefix, value)
+
+    def update(self, prefix, value, flags: int = ANY) -> None:
+        addr, plen = self._prefix(prefix)
+        self._lpm_set(addr, plen, value, flags)
+
+    def __delitem__(self, prefix) -> None:
+        addr, plen = self._prefix(prefix)
+        self._lpm_del(addr, plen)
+
+    def __getitem__(self, address):
+        hit = self._lpm_find(self._addr(address))
+        if hit is None:
+            raise KeyError(address)
+        return hit[1]
+
+    def get(self, address, default=None):
+        hit = self._lpm_find(self._addr(address))
+        return default if hit is None else hit[1]
+
+    def __contains__(self, address) -> bool:
+        return self._lpm_find(self._addr(address)) is not None
+
+    def longest_prefix(self, address):
+        """``(prefix, value)`` of the longest prefix containing ``address``, or None."""
+        a = self._addr(address)
+        hit = self._lpm_find(a)
+        if hit is None:
+            return None
+        plen, value = hit
+        masked = (int.from_bytes(a, "big") >> (8 * len(a) - plen) << (8 * len(a) - plen)) if plen else 0
+        return self._text(masked.to_bytes(len(a), "big"), plen), value
+
+    def lookup(self, address, reader):
+        with reader.section():
+            return self[address]
+
+    def items(self):
+        return [(self._text(a, plen), v) for a, plen, v in self._lpm_entries()]
+
+    def keys(self):
+        return [k for k, _ in self.items()]
+
+    def values(self):
+        return [v for _, v in self.items()]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def lookup_batch(self, addresses, out=None, *, default=None, found=None):
+        """Longest match of every packed address in the buffer ``addresses``, without the
+        GIL; values to ``out`` (allocated when None).  A miss never stops the batch: its
+        value is ``default`` (else left as in ``out``), ``found[i]`` 0.  Returns ``out``."""
+        n = len(memoryview(addresses).cast("B")) // self.address_size
+        if out is None:
+            out = bytearray(n * self.info["value_size"])
+        self._lpm_batch(addresses, out, default, found)
+        return out
+
+    def add(self, key, delta=1):
+        raise UnsupportedOperation("lpm_trie values are set whole: m[prefix] = value")
+
+    def update_batch(self, keys, values, flags: int = ANY):
+        raise UnsupportedOperation("lpm_trie prefixes are set one at a time: m[prefix] = value")
+
+    def delete_batch(self, keys):
+        raise UnsupportedOperation("lpm_trie prefixes are deleted one at a time: del m[prefix]")
+
+
 CLASSES.update({
     _maps.KIND_ARRAY: ArrayMap, _maps.KIND_HASH: HashMap,
     _maps.KIND_PER_WORKER_ARRAY: PerWorkerArrayMap, _maps.KIND_PER_WORKER_HASH: PerWorkerHashMap,
     _maps.KIND_ARRAY_OF_MAPS: ArrayOfMaps, _maps.KIND_HASH_OF_MAPS: HashOfMaps,
+    _maps.KIND_LPM_TRIE: LpmTrieMap,
 })

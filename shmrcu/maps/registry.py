@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import threading
+import time
 
 from . import _formats
 from . import _mapdir
@@ -30,6 +31,7 @@ KINDS = {
     "per_worker_hash": _maps.KIND_PER_WORKER_HASH,
     "array_of_maps": _maps.KIND_ARRAY_OF_MAPS,
     "hash_of_maps": _maps.KIND_HASH_OF_MAPS,
+    "lpm_trie": _maps.KIND_LPM_TRIE,
 }
 KIND_NAMES = {code: name for name, code in KINDS.items()}
 STATES = {"live": _maps.STATE_LIVE, "retired": _maps.STATE_RETIRED, "freed": _maps.STATE_FREED}
@@ -107,15 +109,21 @@ def _directory(rt, create: bool = False) -> _DirHandle:
             _mapdir.Directory(segment.mapping, segment.fd).initialize()
         except FileExistsError:
             segment = None
-    if segment is None:
+    deadline = time.monotonic() + 1.0
+    while segment is None:
         try:
             segment = seg.Segment.open(name)
         except FileNotFoundError:
             _check_runtime(rt)
             raise MapNotFound(f"runtime {rt.name!r} has no maps yet") from None
         if segment.mapping is None:
+            # 0 bytes: its creator is between shm_open and ftruncate (the first create_map
+            # of a runtime); the magic, written last, is waited for in validate()
             segment.close()
-            raise CorruptSegment(f"map directory {name} is empty")
+            segment = None
+            if time.monotonic() >= deadline:
+                raise CorruptSegment(f"map directory {name} is empty")
+            time.sleep(0.001)
     d = _DirHandle(segment)
     try:
         d.directory.validate(f"map directory {name}")
@@ -153,6 +161,11 @@ def _spec_error(msg: str, err: int = _errno.EINVAL) -> InvalidMapSpec:
 
 
 _TEMPLATE_KEYS = {"kind", "key", "value", "max_entries", "worker_readonly", "whole_values"}
+
+
+def stored_key_size(code: int, size: int) -> int:
+    """Bytes of a key as stored: lpm_trie keys carry their prefix length first."""
+    return size + 1 if code == _maps.KIND_LPM_TRIE else size
 
 
 def _template_from_spec(rt, kind: str, spec: dict) -> dict:
@@ -210,7 +223,8 @@ def _validate(rt, kind, key, value, max_entries, name, inner, worker_readonly, w
             raise _spec_error(f"{kind} values are inner maps: leave value unset")
         value = "Q"
         inner_info = {"kind": KINDS[inner.kind], "flags": inner.flags,
-                      "key_size": _formats.parse(inner.key_format, "key").size,
+                      "key_size": stored_key_size(KINDS[inner.kind],
+                                                  _formats.parse(inner.key_format, "key").size),
                       "value_size": _formats.parse(inner.value_format, "value").size,
                       "max_entries": inner.max_entries, "key_format": inner.key_format,
                       "value_format": inner.value_format}
@@ -226,6 +240,10 @@ def _validate(rt, kind, key, value, max_entries, name, inner, worker_readonly, w
         raise _spec_error(f"{kind} maps need a value format, e.g. value='Q'")
     kf = _formats.parse(key, "key")
     vf = _formats.parse(value, "value")
+    if code == _maps.KIND_LPM_TRIE and not (kf.nfields == 1 and kf.fields[0].code == "s"
+                                            and 1 <= kf.size <= 16):
+        raise _spec_error(f"lpm_trie keys are addresses: key='4s' (IPv4), '16s' (IPv6) or 'Ns' "
+                          f"with N <= 16, got {key!r}")
     if kf.size > MAX_KEY_SIZE:
         raise _spec_error(f"key format {key!r} is {kf.size} bytes; at most {MAX_KEY_SIZE}", _errno.E2BIG)
     if vf.size > MAX_VALUE_SIZE:
@@ -247,12 +265,13 @@ def _validate(rt, kind, key, value, max_entries, name, inner, worker_readonly, w
                               f"half-written); whole_values=False is not available")
         flags |= _maps.F_WHOLE_VALUES
     n_copies = rt.max_workers if code in _PER_WORKER else 1
-    size = _mapheader.segment_size(code, kf.size, vf.size, max_entries, n_copies, flags)
+    key_size = stored_key_size(code, kf.size)
+    size = _mapheader.segment_size(code, key_size, vf.size, max_entries, n_copies, flags)
     if size == 0:
         raise _spec_error(f"impossible map geometry for {kind} {key!r} -> {value!r} x {max_entries}")
     _check_memory(kind, size)
     return {"kind": code, "flags": flags,
-            "key_size": kf.size, "value_size": vf.size, "max_entries": max_entries,
+            "key_size": key_size, "value_size": vf.size, "max_entries": max_entries,
             "n_copies": n_copies, "name": name, "key_format": key, "value_format": value,
             "inner": inner_info, "size": size}
 
@@ -325,7 +344,7 @@ def _bind(rt, mapping, map_id: int, info: dict, into: MapCore | None = None) -> 
     except InvalidMapSpec as e:
         mapping.close()
         raise CorruptSegment(f"{where} has unusable formats: {e}") from None
-    if kf.size != info["key_size"] or vf.size != info["value_size"]:
+    if stored_key_size(info["kind"], kf.size) != info["key_size"] or vf.size != info["value_size"]:
         mapping.close()
         raise CorruptSegment(f"{where}: formats {info['key_format']!r}/{info['value_format']!r} do not "
                              f"match the recorded sizes {info['key_size']}/{info['value_size']}")
