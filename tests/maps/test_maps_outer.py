@@ -222,3 +222,12 @@ def test_replace_interrupted_in_its_grace_period_still_retires_the_old_map(runti
     with pytest.raises(KeyboardInterrupt):                # the real error, not a MapInUse
         outer.replace(0, {1: 2})
     assert outer[0][1] == 2 and first.state in ("retired", "freed")
+
+
+def test_replace_from_a_pandas_dataframe(runtime):
+    pd = pytest.importorskip("pandas", reason="pandas is in the 'test' extra")
+    outer = runtime.create_map("array_of_maps", max_entries=1,
+                               inner={"kind": "hash", "key": "I", "value": "QQ", "max_entries": 8})
+    df = pd.DataFrame({"ip": [1, 2, 3], "limit": [10, 20, 30], "flags": [1, 0, 1]})
+    info = outer.replace(0, df)
+    assert info["entries"] == 3 and dict(outer[0].items()) == {1: (10, 1), 2: (20, 0), 3: (30, 1)}
