@@ -425,10 +425,12 @@ class LpmTrieMap(LpmCore, Map):
 
     @property
     def address_size(self) -> int:
-        return self.info["key_size"] - 1
+        return self.info["key_size"] - 1       # the stored key is [prefix length][address]
 
     def _addr(self, a) -> bytes:
         n = self.address_size
+        if type(a) is bytes and len(a) == n:       # the common, packed case first
+            return a
         if isinstance(a, str):
             fam = socket.AF_INET if n == 4 else socket.AF_INET6 if n == 16 else None
             if fam is None:
