@@ -233,7 +233,12 @@ def outer_references(rt: "Runtime", map_id: int) -> list[tuple[str, object]]:
             continue
         outer = rt.map(info["id"])
         label = info["name"] or f"map {info['id']}"
-        refs.extend((label, k) for k in outer.keys() if outer._lookup_id(k) == map_id)
+        for k in outer.keys():
+            try:
+                if outer._lookup_id(k) == map_id:
+                    refs.append((label, k))
+            except KeyError:          # deleted since keys() looked: it holds nothing now
+                pass
     return refs
 
 
