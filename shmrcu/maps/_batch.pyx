@@ -277,18 +277,7 @@ cdef class MapBatch(MapCore):
             self.busy -= 1
 
     def _lookup_batch(self, keys, out, int threads, default, found):
-        """Look up every key of the buffer ``keys`` (packed keys, e.g. a numpy array whose
-        itemsize is the key size) without the GIL; values go to ``out`` (allocated when
-        None: a numpy array for one-integer values if numpy is there, else a bytearray).
-        Returns ``out``.  Stops at the first missing key: the error has ``.count``, the
-        number of keys looked up before it.  ``threads > 1`` splits a large batch
-        (>= 16384 keys per thread) over that many threads, all inside the caller's
-        read-side section.
-
-        Blocklist style: with ``default=`` (a value) and/or ``found=`` (a writable buffer
-        of one byte per key, e.g. ``numpy.zeros(n, bool)``), a missing key does not stop
-        the batch: its value is ``default`` (or left as it was in ``out``) and
-        ``found[i]`` is 0 (1 for keys that are there)."""
+        """The body of lookup_batch (counted busy by it)."""
         cdef const uint8_t[::1] kv
         cdef uint8_t[::1] ov
         cdef uint8_t[::1] fv
@@ -353,8 +342,7 @@ cdef class MapBatch(MapCore):
         return out
 
     def _update_batch(self, keys, values, uint64_t flags):
-        """Set every key of ``keys`` to the matching packed value of ``values`` (buffers),
-        without the GIL.  Returns the count; stops at the first error (``.count``)."""
+        """The body of update_batch (counted busy by it)."""
         cdef const uint8_t[::1] kv, vv
         cdef Py_ssize_t n, done
         cdef int rc = 0
@@ -390,8 +378,7 @@ cdef class MapBatch(MapCore):
         return n
 
     def _delete_batch(self, keys):
-        """Delete every key of the buffer ``keys`` without the GIL.  Returns the count;
-        stops at the first error (``.count``)."""
+        """The body of delete_batch (counted busy by it)."""
         cdef const uint8_t[::1] kv
         cdef Py_ssize_t n, done
         cdef int rc = 0
