@@ -128,14 +128,10 @@ cdef Py_ssize_t batch_lookup_default(map_view* m, const char* keys, Py_ssize_t n
             if e != -ENOENT:
                 rc[0] = <int>e
                 return i              # where it stopped (batch_error names that key)
-            if found != NULL:
-                found[i] = 0
-            if dflt != NULL:
-                memcpy(out + i * vs, dflt, vs)
+            record_miss(out, i, vs, dflt, found)
             continue
         hits += 1
-        if found != NULL:
-            found[i] = 1
+        record_hit(i, found)
         read_entry(m, <uint64_t>e, out + i * vs)
     return hits
 

@@ -23,7 +23,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from shmrcu.maps._kernels cimport (map_view, hash_bytes, hash_find, mv_update, mv_delete, mv_read,
                                    advance_epoch, slot_at)
 from shmrcu.maps._maplayout cimport SHMRCU_SLOT_HDR
-from shmrcu.maps._batch cimport MapBatch
+from shmrcu.maps._batch cimport MapBatch, record_miss, record_hit
 
 DEF KEY_MAX = 17            # 1 length byte + 16 address bytes (IPv6)
 
@@ -100,14 +100,10 @@ cdef Py_ssize_t lpm_batch(map_view* m, const uint8_t* addrs, Py_ssize_t count, c
     for i in range(count):
         e = mv_lpm_find(m, addrs + i * n, NULL)
         if e < 0:
-            if found != NULL:
-                found[i] = 0
-            if dflt != NULL:
-                memcpy(out + i * vs, dflt, vs)
+            record_miss(out, i, vs, dflt, found)
             continue
         hits += 1
-        if found != NULL:
-            found[i] = 1
+        record_hit(i, found)
         mv_read(m, <uint64_t>e, 0, out + i * vs)
     return hits
 
